@@ -1,0 +1,305 @@
+//! Tollgate's configuration file: YAML in, a validated immutable [`Config`] out.
+//!
+//! Loading happens in two steps, as everywhere a config can be reloaded: the
+//! fallible one here (parse, expand `${ENV}`, check every field and every
+//! cross-reference, collecting *all* errors with their YAML paths), and an
+//! infallible swap elsewhere. Unknown fields are errors: a typo must not
+//! silently turn a limit off.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::ProviderKind;
+use tollgate_auth::KeyHash;
+
+/// One problem in a config file, with the path of the offending value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path, e.g. `models.gpt-4o.targets[0].provider`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret string (provider key) that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for building credentials headers.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listeners, limits on client requests, process settings.
+    pub server: Server,
+    /// Address of the built-in mock provider, if it should run.
+    pub mock_upstream: Option<SocketAddr>,
+    /// Providers by name (only enabled ones).
+    pub providers: BTreeMap<String, Provider>,
+    /// Public models by name.
+    pub models: BTreeMap<String, Model>,
+    /// Static client keys.
+    pub keys: Vec<Key>,
+    /// Gateway-wide limit settings.
+    pub limits: LimitSettings,
+}
+
+/// `server:`
+#[derive(Clone, Debug)]
+pub struct Server {
+    /// Data-plane listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Admin listener (metrics, health).
+    pub admin_listen: SocketAddr,
+    /// Worker threads for the data plane.
+    pub threads: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Timeout for reading each piece of a client's request body.
+    pub client_read_timeout: Duration,
+    /// Timeout for each write to a client.
+    pub client_write_timeout: Duration,
+    /// How long a stopping process waits before it starts to drain.
+    pub grace_period: Duration,
+    /// How long a stopping process lets in-flight requests finish.
+    pub graceful_shutdown_timeout: Duration,
+    /// Unix socket for the listening-socket hand-over on upgrade.
+    pub upgrade_sock: PathBuf,
+    /// PID file.
+    pub pid_file: PathBuf,
+    /// Write one JSON access-log line per request.
+    pub access_log: bool,
+}
+
+/// One upstream provider.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Name used in `models.*.targets[].provider`.
+    pub name: String,
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Whether TLS is used.
+    pub tls: bool,
+    /// Host name (SNI, `Host` header, DNS).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path prefix from `base_url`, without a trailing slash (e.g. `/v1`).
+    pub base_path: String,
+    /// Credentials.
+    pub api_key: Option<Secret>,
+    /// Azure `api-version` or Anthropic `anthropic-version`.
+    pub api_version: Option<String>,
+    /// Timeouts towards this provider.
+    pub timeouts: ProviderTimeouts,
+    /// Extra headers sent on every request.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Upstream timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProviderTimeouts {
+    /// TCP (and TLS) connect.
+    pub connect: Duration,
+    /// Each read: bounds time to first byte and the gap between stream chunks.
+    pub read: Duration,
+    /// Each write.
+    pub write: Duration,
+    /// Idle time a pooled connection is kept.
+    pub idle: Duration,
+    /// The whole exchange, from connect to the last byte.
+    pub total: Duration,
+}
+
+/// Per-million-token prices in USD.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pricing {
+    /// Input tokens.
+    pub input_per_mtok: f64,
+    /// Output tokens.
+    pub output_per_mtok: f64,
+    /// Cached input tokens (defaults to the input price).
+    pub cached_input_per_mtok: f64,
+}
+
+impl Pricing {
+    /// Cost in USD of one request.
+    pub fn cost(&self, prompt: u64, cached: u64, completion: u64) -> f64 {
+        let cached = cached.min(prompt);
+        ((prompt - cached) as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok
+            + completion as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+/// One place a model is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Provider name.
+    pub provider: String,
+    /// The model's name at that provider (the Azure deployment for `azure`).
+    pub model: String,
+    /// Relative share of traffic within its priority tier.
+    pub weight: u32,
+    /// Lower tiers are tried first.
+    pub priority: u32,
+}
+
+/// A public model.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Public name.
+    pub name: String,
+    /// Where it is served, only targets whose provider is enabled.
+    pub targets: Vec<Target>,
+    /// Prices, if known.
+    pub pricing: Option<Pricing>,
+    /// Free text for the catalog.
+    pub description: Option<String>,
+}
+
+/// Which models a key may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelAccess {
+    /// Every model.
+    All,
+    /// Names or `prefix*` patterns.
+    Only(Vec<String>),
+}
+
+impl ModelAccess {
+    /// Whether `model` is allowed.
+    pub fn allows(&self, model: &str) -> bool {
+        match self {
+            ModelAccess::All => true,
+            ModelAccess::Only(list) => list.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => p == model,
+            }),
+        }
+    }
+}
+
+/// A static client key.
+#[derive(Clone, Debug)]
+pub struct Key {
+    /// Display name (logged; the secret never is).
+    pub name: String,
+    /// Stored form.
+    pub hash: KeyHash,
+    /// Team, if any.
+    pub team: Option<String>,
+    /// Allowed models.
+    pub models: ModelAccess,
+    /// Refused when true.
+    pub disabled: bool,
+    /// Refused after this Unix time (seconds).
+    pub expires_at: Option<i64>,
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+}
+
+/// `limits:`
+#[derive(Clone, Copy, Debug)]
+pub struct LimitSettings {
+    /// Completion tokens to reserve when a request sets no `max_tokens`.
+    pub default_completion_tokens: u64,
+}
+
+impl Config {
+    /// Load and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::from_yaml(&text, path.parent())
+    }
+
+    /// Parse and validate YAML text; relative file paths resolve against `base_dir`.
+    pub fn from_yaml(text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+        Config::from_yaml_with_env(text, base_dir, &|name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_yaml`], with an explicit environment (for tests).
+    pub fn from_yaml_with_env(
+        text: &str,
+        base_dir: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: e
+                    .location()
+                    .map(|l| format!("line {} column {}", l.line(), l.column()))
+                    .unwrap_or_default(),
+                message: format!("invalid YAML: {e}"),
+            }])
+        })?;
+        let mut errors = Vec::new();
+        env::expand(&mut value, &mut String::new(), env, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let file: raw::ConfigFile = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigErrors(vec![ConfigError {
+                path: if path == "." { String::new() } else { path },
+                message: e.into_inner().to_string(),
+            }])
+        })?;
+        validate::validate(file, base_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! The file's shape, exactly as written (serde, unknown fields denied).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub mock_upstream: Option<MockSection>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSection>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSection>,
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    #[serde(default)]
+    pub timeouts: ServerTimeouts,
+    #[serde(default = "default_grace")]
+    pub grace_period_secs: u64,
+    #[serde(default = "default_shutdown")]
+    pub graceful_shutdown_timeout_secs: u64,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: PathBuf,
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body(),
+            timeouts: ServerTimeouts::default(),
+            grace_period_secs: default_grace(),
+            graceful_shutdown_timeout_secs: default_shutdown(),
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: default_pid_file(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerTimeouts {
+    #[serde(default = "default_client_read_ms")]
+    pub client_read_ms: u64,
+    #[serde(default = "default_client_write_ms")]
+    pub client_write_ms: u64,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        ServerTimeouts {
+            client_read_ms: default_client_read_ms(),
+            client_write_ms: default_client_write_ms(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MockSection {
+    pub listen: String,
+}
+
+/// The wire format a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// api.openai.com.
+    Openai,
+    /// Any server speaking OpenAI's API (vLLM, Ollama, Mistral, Groq, DeepSeek…).
+    OpenaiCompatible,
+    /// Azure OpenAI deployments.
+    Azure,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini API.
+    Gemini,
+}
+
+impl ProviderKind {
+    /// The name used in config, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderSection {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub optional: bool,
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub timeouts: ProviderTimeoutsSection,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderTimeoutsSection {
+    pub connect_ms: Option<u64>,
+    pub read_ms: Option<u64>,
+    pub write_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelSection {
+    pub targets: Vec<TargetSection>,
+    #[serde(default)]
+    pub pricing: Option<PricingSection>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TargetSection {
+    pub provider: String,
+    pub model: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PricingSection {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeySection {
+    pub name: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub hash: Option<String>,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub limits: KeyLimitsSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyLimitsSection {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    #[serde(default = "default_completion_tokens")]
+    pub default_completion_tokens: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            default_completion_tokens: default_completion_tokens(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+fn default_max_body() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_shutdown() -> u64 {
+    30
+}
+fn default_client_read_ms() -> u64 {
+    60_000
+}
+fn default_client_write_ms() -> u64 {
+    60_000
+}
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/tollgate_upgrade.sock")
+}
+fn default_pid_file() -> PathBuf {
+    PathBuf::from("/tmp/tollgate.pid")
+}
+fn default_completion_tokens() -> u64 {
+    1024
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}

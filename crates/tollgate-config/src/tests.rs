@@ -1,0 +1,168 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_KEY" => Some("sk-test".into()),
+        "DEV_KEY" => Some("tg-dev-key-123".into()),
+        _ => None,
+    }
+}
+
+fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+    Config::from_yaml_with_env(yaml, None, &env)
+}
+
+const GOOD: &str = r#"
+server:
+  listen: ["127.0.0.1:8080"]
+  admin_listen: "127.0.0.1:9090"
+providers:
+  openai:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    api_key: ${OPENAI_KEY}
+  local:
+    kind: openai_compatible
+    base_url: http://127.0.0.1:4010/v1/
+  anthropic:
+    kind: anthropic
+    base_url: https://api.anthropic.com
+    api_key: ${ANTHROPIC_KEY:-}
+    optional: true
+models:
+  gpt-4o:
+    targets:
+      - {provider: openai, model: gpt-4o-2024-08-06}
+      - {provider: local, model: llama, weight: 3, priority: 1}
+    pricing: {input_per_mtok: 2.5, output_per_mtok: 10}
+  claude:
+    targets:
+      - {provider: anthropic, model: claude-sonnet-4-5}
+keys:
+  - name: dev
+    key: ${DEV_KEY}
+    models: [gpt-4o, claude]
+    limits: {rpm: 60, tpm: 1000}
+    expires_at: "2030-01-01T00:00:00Z"
+  - name: ops
+    hash: sha256:0000000000000000000000000000000000000000000000000000000000000000
+"#;
+
+#[test]
+fn good_config_loads() {
+    let c = load(GOOD).unwrap();
+    let openai = &c.providers["openai"];
+    assert!(openai.tls);
+    assert_eq!(openai.port, 443);
+    assert_eq!(openai.host, "api.openai.com");
+    assert_eq!(openai.base_path, "/v1");
+    assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(c.providers["local"].base_path, "/v1");
+    assert_eq!(c.providers["local"].port, 4010);
+    // The optional provider without a key is left out, and so is its only model.
+    assert!(!c.providers.contains_key("anthropic"));
+    assert!(!c.models.contains_key("claude"));
+    let m = &c.models["gpt-4o"];
+    assert_eq!(m.targets.len(), 2);
+    assert_eq!(m.targets[1].weight, 3);
+    assert_eq!(m.pricing.unwrap().cached_input_per_mtok, 2.5);
+    assert_eq!(c.keys.len(), 2);
+    assert_eq!(c.keys[0].hash, tollgate_auth::KeyHash::of("tg-dev-key-123"));
+    assert_eq!(c.keys[0].rpm, Some(60));
+    assert!(c.keys[0].expires_at.is_some());
+    assert!(c.keys[0].models.allows("gpt-4o"));
+    assert!(!c.keys[0].models.allows("gpt-4"));
+    assert_eq!(c.keys[1].models, ModelAccess::All);
+    assert_eq!(c.server.max_body_bytes, 32 * 1024 * 1024);
+    // Secrets never print.
+    assert!(!format!("{c:?}").contains("sk-test"));
+}
+
+fn paths(yaml: &str) -> Vec<String> {
+    load(yaml).unwrap_err().0.into_iter().map(|e| e.path).collect()
+}
+
+#[test]
+fn unknown_field_has_its_path() {
+    let yaml = GOOD.replace("weight: 3", "wieght: 3");
+    let errs = load(&yaml).unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert_eq!(errs.0[0].path, "models.gpt-4o.targets[1].wieght");
+    assert!(errs.0[0].message.contains("wieght"), "{}", errs.0[0].message);
+}
+
+#[test]
+fn cross_references_checked() {
+    let yaml = GOOD.replace("{provider: local, model: llama", "{provider: lokal, model: llama");
+    assert_eq!(paths(&yaml), vec!["models.gpt-4o.targets[1].provider"]);
+    let yaml = GOOD.replace("models: [gpt-4o, claude]", "models: [gpt-5]");
+    assert_eq!(paths(&yaml), vec!["keys[0].models[0]"]);
+}
+
+#[test]
+fn every_error_reported() {
+    let yaml = GOOD
+        .replace("admin_listen: \"127.0.0.1:9090\"", "admin_listen: nowhere")
+        .replace("${DEV_KEY}", "short")
+        .replace("rpm: 60", "rpm: 0")
+        .replace("2030-01-01T00:00:00Z", "tomorrow")
+        .replace("https://api.openai.com/v1", "ftp://x");
+    let p = paths(&yaml);
+    for want in [
+        "server.admin_listen",
+        "keys[0].key",
+        "keys[0].limits.rpm",
+        "keys[0].expires_at",
+        "providers.openai.base_url",
+    ] {
+        assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}");
+    }
+}
+
+#[test]
+fn env_errors() {
+    let yaml = GOOD.replace("${OPENAI_KEY}", "${MISSING_VAR}");
+    assert_eq!(paths(&yaml), vec!["providers.openai.api_key"]);
+    let yaml = GOOD.replace("${OPENAI_KEY}", "${bad-name}");
+    assert_eq!(paths(&yaml), vec!["providers.openai.api_key"]);
+    assert_eq!(env::expand_str("a${X:-b}c", &|_| None).unwrap(), "abc");
+}
+
+#[test]
+fn keys_need_one_secret_form() {
+    let yaml = GOOD.replace("    key: ${DEV_KEY}\n", "");
+    assert_eq!(paths(&yaml), vec!["keys[0]"]);
+    let yaml = GOOD.replace("sha256:0000", "sha256:zz00");
+    assert_eq!(paths(&yaml), vec!["keys[1].hash"]);
+}
+
+#[test]
+fn required_provider_key() {
+    let yaml = GOOD.replace("api_key: ${OPENAI_KEY}", "");
+    assert_eq!(paths(&yaml), vec!["providers.openai"]);
+}
+
+#[test]
+fn bad_yaml_and_types() {
+    assert!(!load("server: [").unwrap_err().0.is_empty());
+    let errs = load("server:\n  max_body_bytes: lots\n").unwrap_err();
+    assert_eq!(errs.0[0].path, "server.max_body_bytes");
+}
+
+#[test]
+fn pricing_cost() {
+    let p = Pricing {
+        input_per_mtok: 2.0,
+        output_per_mtok: 8.0,
+        cached_input_per_mtok: 1.0,
+    };
+    let c = p.cost(1_000_000, 500_000, 1_000_000);
+    assert!((c - (1.0 + 0.5 + 8.0)).abs() < 1e-9);
+}
+
+#[test]
+fn shipped_example_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/tollgate.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    Config::from_yaml_with_env(&text, path.parent(), &|_| None).unwrap();
+}

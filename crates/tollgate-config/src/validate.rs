@@ -1,0 +1,387 @@
+//! From the raw file to a [`Config`]: every check, every error with its path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tollgate_auth::KeyHash;
+
+use crate::raw::{self, ConfigFile, ProviderKind};
+use crate::{
+    Config, ConfigError, ConfigErrors, Key, LimitSettings, Model, ModelAccess, Pricing, Provider,
+    ProviderTimeouts, Secret, Server, Target,
+};
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn addr(errors: &mut Errors, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(path, format!("`{s}` is not an IP:port address"));
+            None
+        }
+    }
+}
+
+pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors(Vec::new());
+    let server = server(&mut errors, file.server);
+    let mock_upstream = file
+        .mock_upstream
+        .and_then(|m| addr(&mut errors, "mock_upstream.listen", &m.listen));
+
+    let mut providers = BTreeMap::new();
+    let mut disabled = HashSet::new();
+    // Providers with errors of their own: references to them are not errors twice.
+    let mut broken = HashSet::new();
+    for (name, p) in file.providers {
+        match provider(&mut errors, &name, p, base_dir) {
+            Some(Some(p)) => {
+                providers.insert(name, p);
+            }
+            Some(None) => {
+                disabled.insert(name);
+            }
+            None => {
+                broken.insert(name);
+            }
+        }
+    }
+
+    let mut models = BTreeMap::new();
+    let mut dropped_models = HashSet::new();
+    for (name, m) in file.models {
+        let path = format!("models.{name}");
+        if m.targets.is_empty() {
+            errors.push(format!("{path}.targets"), "a model needs at least one target");
+            continue;
+        }
+        let mut targets = Vec::with_capacity(m.targets.len());
+        for (i, t) in m.targets.into_iter().enumerate() {
+            let tpath = format!("{path}.targets[{i}]");
+            if t.model.is_empty() {
+                errors.push(format!("{tpath}.model"), "must not be empty");
+            }
+            if t.weight == 0 {
+                errors.push(format!("{tpath}.weight"), "must be at least 1");
+            }
+            if disabled.contains(&t.provider) || broken.contains(&t.provider) {
+                continue;
+            }
+            if !providers.contains_key(&t.provider) {
+                errors.push(
+                    format!("{tpath}.provider"),
+                    format!("unknown provider `{}`", t.provider),
+                );
+                continue;
+            }
+            targets.push(Target {
+                provider: t.provider,
+                model: t.model,
+                weight: t.weight,
+                priority: t.priority,
+            });
+        }
+        if targets.is_empty() {
+            // Every target sat on an optional provider whose key is unset.
+            dropped_models.insert(name);
+            continue;
+        }
+        let pricing = m.pricing.map(|p| {
+            for (field, v) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+                ("cached_input_per_mtok", p.cached_input_per_mtok.unwrap_or(0.0)),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    errors.push(format!("{path}.pricing.{field}"), "must be a non-negative number");
+                }
+            }
+            Pricing {
+                input_per_mtok: p.input_per_mtok,
+                output_per_mtok: p.output_per_mtok,
+                cached_input_per_mtok: p.cached_input_per_mtok.unwrap_or(p.input_per_mtok),
+            }
+        });
+        models.insert(
+            name.clone(),
+            Model {
+                name,
+                targets,
+                pricing,
+                description: m.description,
+            },
+        );
+    }
+
+    let mut keys = Vec::with_capacity(file.keys.len());
+    let mut seen_names = HashSet::new();
+    let mut seen_hashes = HashSet::new();
+    for (i, k) in file.keys.into_iter().enumerate() {
+        let path = format!("keys[{i}]");
+        if k.name.is_empty() {
+            errors.push(format!("{path}.name"), "must not be empty");
+        } else if !seen_names.insert(k.name.clone()) {
+            errors.push(format!("{path}.name"), format!("duplicate key name `{}`", k.name));
+        }
+        let hash = match (&k.key, &k.hash) {
+            (Some(_), Some(_)) => {
+                errors.push(&path, "set either `key` or `hash`, not both");
+                None
+            }
+            (None, None) => {
+                errors.push(&path, "set `key` (usually `${ENV_VAR}`) or `hash` (see `tollgate hash-key`)");
+                None
+            }
+            (Some(plain), None) => {
+                if plain.len() < 8 {
+                    errors.push(format!("{path}.key"), "a key must be at least 8 characters");
+                    None
+                } else {
+                    Some(KeyHash::of(plain))
+                }
+            }
+            (None, Some(h)) => match KeyHash::parse(h) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    errors.push(format!("{path}.hash"), e.to_string());
+                    None
+                }
+            },
+        };
+        if let Some(h) = hash {
+            if !seen_hashes.insert(h) {
+                errors.push(&path, "the same key is configured twice");
+            }
+        }
+        let models_access = match k.models {
+            None => ModelAccess::All,
+            Some(list) if list.iter().any(|m| m == "*") => ModelAccess::All,
+            Some(list) => {
+                for (j, m) in list.iter().enumerate() {
+                    if !m.ends_with('*') && !models.contains_key(m) && !dropped_models.contains(m) {
+                        errors.push(format!("{path}.models[{j}]"), format!("unknown model `{m}`"));
+                    }
+                }
+                ModelAccess::Only(list)
+            }
+        };
+        let expires_at = k.expires_at.as_deref().and_then(|s| {
+            match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => Some(t.unix_timestamp()),
+                Err(e) => {
+                    errors.push(format!("{path}.expires_at"), format!("not an RFC 3339 time: {e}"));
+                    None
+                }
+            }
+        });
+        for (field, v) in [("rpm", k.limits.rpm), ("tpm", k.limits.tpm)] {
+            if v == Some(0) {
+                errors.push(format!("{path}.limits.{field}"), "must be at least 1 (omit it for no limit)");
+            }
+        }
+        if let Some(hash) = hash {
+            keys.push(Key {
+                name: k.name,
+                hash,
+                team: k.team,
+                models: models_access,
+                disabled: k.disabled,
+                expires_at,
+                rpm: k.limits.rpm,
+                tpm: k.limits.tpm,
+            });
+        }
+    }
+
+    if file.limits.default_completion_tokens == 0 {
+        errors.push("limits.default_completion_tokens", "must be at least 1");
+    }
+
+    if !errors.0.is_empty() {
+        return Err(ConfigErrors(errors.0));
+    }
+    let server = server.ok_or_else(|| ConfigErrors(Vec::new()))?;
+    Ok(Config {
+        server,
+        mock_upstream,
+        providers,
+        models,
+        keys,
+        limits: LimitSettings {
+            default_completion_tokens: file.limits.default_completion_tokens,
+        },
+    })
+}
+
+fn server(errors: &mut Errors, s: raw::ServerSection) -> Option<Server> {
+    if s.listen.is_empty() {
+        errors.push("server.listen", "at least one listen address is needed");
+    }
+    let listen: Vec<SocketAddr> = s
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| addr(errors, &format!("server.listen[{i}]"), a))
+        .collect();
+    let admin_listen = addr(errors, "server.admin_listen", &s.admin_listen);
+    if s.threads == 0 {
+        errors.push("server.threads", "must be at least 1");
+    }
+    if s.max_body_bytes == 0 {
+        errors.push("server.max_body_bytes", "must be at least 1");
+    }
+    for (field, v) in [
+        ("client_read_ms", s.timeouts.client_read_ms),
+        ("client_write_ms", s.timeouts.client_write_ms),
+    ] {
+        if v == 0 {
+            errors.push(format!("server.timeouts.{field}"), "must be at least 1");
+        }
+    }
+    Some(Server {
+        listen,
+        admin_listen: admin_listen?,
+        threads: s.threads,
+        max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
+        client_read_timeout: Duration::from_millis(s.timeouts.client_read_ms),
+        client_write_timeout: Duration::from_millis(s.timeouts.client_write_ms),
+        grace_period: Duration::from_secs(s.grace_period_secs),
+        graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_secs),
+        upgrade_sock: s.upgrade_sock,
+        pid_file: s.pid_file,
+        access_log: s.access_log,
+    })
+}
+
+/// `None`: errors recorded. `Some(None)`: optional and without a key, left out.
+fn provider(
+    errors: &mut Errors,
+    name: &str,
+    p: raw::ProviderSection,
+    base_dir: Option<&Path>,
+) -> Option<Option<Provider>> {
+    let path = format!("providers.{name}");
+    let before = errors.0.len();
+    let api_key = match (&p.api_key, &p.api_key_file) {
+        (Some(_), Some(_)) => {
+            errors.push(&path, "set either `api_key` or `api_key_file`, not both");
+            None
+        }
+        (Some(k), None) => Some(k.trim().to_string()),
+        (None, Some(f)) => {
+            let f = match base_dir {
+                Some(b) if f.is_relative() => b.join(f),
+                _ => f.clone(),
+            };
+            match std::fs::read_to_string(&f) {
+                Ok(s) => Some(s.trim().to_string()),
+                Err(e) => {
+                    if !p.optional {
+                        errors.push(format!("{path}.api_key_file"), format!("cannot read {}: {e}", f.display()));
+                    }
+                    Some(String::new())
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let api_key = match api_key {
+        Some(k) if k.is_empty() => {
+            if p.optional {
+                return Some(None);
+            }
+            errors.push(format!("{path}.api_key"), "is empty (mark the provider `optional: true` to skip it when its key is unset)");
+            None
+        }
+        Some(k) => Some(Secret(k)),
+        None => {
+            if matches!(p.kind, ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic | ProviderKind::Gemini) {
+                if p.optional {
+                    return Some(None);
+                }
+                errors.push(&path, format!("a `{}` provider needs `api_key` or `api_key_file`", p.kind.as_str()));
+            }
+            None
+        }
+    };
+    let uri: Option<http::Uri> = match p.base_url.parse::<http::Uri>() {
+        Ok(u) if u.scheme().is_some() && u.host().is_some() => Some(u),
+        _ => {
+            errors.push(format!("{path}.base_url"), format!("`{}` is not an absolute http(s) URL", p.base_url));
+            None
+        }
+    };
+    let mut tls = false;
+    let mut host = String::new();
+    let mut port = 0;
+    let mut base_path = String::new();
+    if let Some(u) = &uri {
+        match u.scheme_str() {
+            Some("https") => tls = true,
+            Some("http") => {}
+            other => errors.push(format!("{path}.base_url"), format!("scheme `{}` is not http or https", other.unwrap_or(""))),
+        }
+        if u.query().is_some() {
+            errors.push(format!("{path}.base_url"), "must not have a query string");
+        }
+        host = u.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        port = u.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        base_path = u.path().trim_end_matches('/').to_string();
+    }
+    let api_version = match (p.kind, p.api_version) {
+        (ProviderKind::Azure, None) => Some("2024-10-21".to_string()),
+        (ProviderKind::Anthropic, None) => Some("2023-06-01".to_string()),
+        (_, v) => v,
+    };
+    let t = &p.timeouts;
+    let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+    let timeouts = ProviderTimeouts {
+        connect: ms(t.connect_ms, 5_000),
+        read: ms(t.read_ms, 120_000),
+        write: ms(t.write_ms, 30_000),
+        idle: ms(t.idle_ms, 60_000),
+        total: ms(t.total_ms, 600_000),
+    };
+    for (field, v) in [("connect_ms", t.connect_ms), ("read_ms", t.read_ms), ("write_ms", t.write_ms), ("idle_ms", t.idle_ms), ("total_ms", t.total_ms)] {
+        if v == Some(0) {
+            errors.push(format!("{path}.timeouts.{field}"), "must be at least 1");
+        }
+    }
+    let mut headers = Vec::with_capacity(p.headers.len());
+    for (k, v) in p.headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            errors.push(format!("{path}.headers.{k}"), "not a valid header name");
+        } else if http::HeaderValue::from_str(&v).is_err() {
+            errors.push(format!("{path}.headers.{k}"), "not a valid header value");
+        } else {
+            headers.push((k, v));
+        }
+    }
+    if errors.0.len() != before {
+        return None;
+    }
+    Some(Some(Provider {
+        name: name.to_string(),
+        kind: p.kind,
+        tls,
+        host,
+        port,
+        base_path,
+        api_key,
+        api_version,
+        timeouts,
+        headers,
+    }))
+}
