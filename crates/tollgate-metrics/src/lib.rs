@@ -1,1 +1,285 @@
-//! placeholder
+//! Prometheus metrics and the JSON access log.
+//!
+//! Names follow OpenTelemetry's GenAI semantic conventions where they exist
+//! (`gen_ai_*`, attributes `gen_ai_request_model`, `gen_ai_provider_name`,
+//! `gen_ai_token_type`); the gateway's own are `tollgate_*`. Every label takes
+//! values from the config (model and provider names) or a small fixed set
+//! (status codes, limit kinds), never raw client input, so cardinality stays
+//! bounded. Per-(model, provider) handles are resolved once and cached by the
+//! caller ([`TargetMetrics`]) so the hot path does no label hashing for them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+const MODEL: &str = "gen_ai_request_model";
+const PROVIDER: &str = "gen_ai_provider_name";
+const TOKEN_TYPE: &str = "gen_ai_token_type";
+const STATUS: &str = "http_response_status_code";
+const OPERATION: &str = "gen_ai_operation_name";
+
+/// Every metric the gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    token_usage: HistogramVec,
+    tokens: IntCounterVec,
+    cost: prometheus::CounterVec,
+    rate_limited: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    overhead: Histogram,
+    in_flight: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are static and unique, so registration cannot fail.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    #[allow(clippy::expect_used)] // metric definitions are static: failure is a programming error at startup
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let requests = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new("tollgate_requests_total", "Requests answered, by model, provider and HTTP status."),
+                &[OPERATION, MODEL, PROVIDER, STATUS],
+            )
+            .expect("metric"),
+        );
+        let duration = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "gen_ai_server_request_duration_seconds",
+                    "Time from request received to last response byte.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+                &[OPERATION, MODEL, PROVIDER],
+            )
+            .expect("metric"),
+        );
+        let ttft = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "gen_ai_server_time_to_first_token_seconds",
+                    "Time from request received to the first streamed token.",
+                )
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &[MODEL, PROVIDER],
+            )
+            .expect("metric"),
+        );
+        let token_usage = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new("gen_ai_client_token_usage", "Tokens per request, by token type.")
+                    .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0]),
+                &[MODEL, PROVIDER, TOKEN_TYPE],
+            )
+            .expect("metric"),
+        );
+        let tokens = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new("tollgate_tokens_total", "Tokens used, by token type (input, output, cached_input)."),
+                &[MODEL, PROVIDER, TOKEN_TYPE],
+            )
+            .expect("metric"),
+        );
+        let cost = reg(
+            &r,
+            prometheus::CounterVec::new(
+                Opts::new("tollgate_cost_usd_total", "Spend in USD computed from usage and the price table."),
+                &[MODEL, PROVIDER],
+            )
+            .expect("metric"),
+        );
+        let rate_limited = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new("tollgate_rate_limited_requests_total", "Requests refused by a limit, by layer and limit."),
+                &["layer", "limit"],
+            )
+            .expect("metric"),
+        );
+        let upstream_errors = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new("tollgate_upstream_errors_total", "Failed upstream exchanges, by provider and kind."),
+                &[PROVIDER, "kind"],
+            )
+            .expect("metric"),
+        );
+        let overhead = reg(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_overhead_seconds",
+                    "Time spent in the gateway itself before the upstream request is sent.",
+                )
+                .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+            )
+            .expect("metric"),
+        );
+        let in_flight = reg(
+            &r,
+            IntGauge::new("tollgate_requests_in_flight", "Requests being processed.").expect("metric"),
+        );
+        let build = reg(
+            &r,
+            IntGaugeVecHelper::build_info(),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Metrics {
+            registry: r,
+            requests,
+            duration,
+            ttft,
+            token_usage,
+            tokens,
+            cost,
+            rate_limited,
+            upstream_errors,
+            overhead,
+            in_flight,
+        }
+    }
+
+    /// The registry, for the admin endpoint.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Handles for one (model, provider), resolved once.
+    pub fn target(&self, model: &str, provider: &str) -> TargetMetrics {
+        TargetMetrics {
+            chat_duration: self.duration.with_label_values(&["chat", model, provider]),
+            embeddings_duration: self.duration.with_label_values(&["embeddings", model, provider]),
+            ttft: self.ttft.with_label_values(&[model, provider]),
+            usage_input: self.token_usage.with_label_values(&[model, provider, "input"]),
+            usage_output: self.token_usage.with_label_values(&[model, provider, "output"]),
+            tokens_input: self.tokens.with_label_values(&[model, provider, "input"]),
+            tokens_output: self.tokens.with_label_values(&[model, provider, "output"]),
+            tokens_cached: self.tokens.with_label_values(&[model, provider, "cached_input"]),
+            cost: self.cost.with_label_values(&[model, provider]),
+        }
+    }
+
+    /// Count an answered request.
+    pub fn request(&self, operation: &str, model: &str, provider: &str, status: u16) {
+        let mut buf = [0u8; 3];
+        self.requests
+            .with_label_values(&[operation, model, provider, status_str(status, &mut buf)])
+            .inc();
+    }
+
+    /// Count a refusal by a limit.
+    pub fn rate_limited(&self, layer: &str, limit: &str) {
+        self.rate_limited.with_label_values(&[layer, limit]).inc();
+    }
+
+    /// Count a failed upstream exchange.
+    pub fn upstream_error(&self, provider: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[provider, kind]).inc();
+    }
+
+    /// Record gateway overhead.
+    pub fn overhead(&self, seconds: f64) {
+        self.overhead.observe(seconds);
+    }
+
+    /// The in-flight gauge.
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+}
+
+struct IntGaugeVecHelper;
+
+impl IntGaugeVecHelper {
+    #[allow(clippy::expect_used)]
+    fn build_info() -> prometheus::IntGaugeVec {
+        prometheus::IntGaugeVec::new(
+            Opts::new("tollgate_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("metric")
+    }
+}
+
+fn status_str(status: u16, buf: &mut [u8; 3]) -> &str {
+    if !(100..=999).contains(&status) {
+        return "000";
+    }
+    buf[0] = b'0' + (status / 100) as u8;
+    buf[1] = b'0' + (status / 10 % 10) as u8;
+    buf[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("000")
+}
+
+/// Metric handles for one (model, provider).
+#[derive(Clone)]
+pub struct TargetMetrics {
+    /// Chat request duration.
+    pub chat_duration: Histogram,
+    /// Embeddings request duration.
+    pub embeddings_duration: Histogram,
+    /// Time to first token.
+    pub ttft: Histogram,
+    /// Input tokens per request.
+    pub usage_input: Histogram,
+    /// Output tokens per request.
+    pub usage_output: Histogram,
+    /// Input tokens, total.
+    pub tokens_input: IntCounter,
+    /// Output tokens, total.
+    pub tokens_output: IntCounter,
+    /// Cached input tokens, total.
+    pub tokens_cached: IntCounter,
+    /// Spend.
+    pub cost: prometheus::Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_what_was_recorded() {
+        let m = Metrics::new();
+        m.request("chat", "gpt-4o", "openai", 200);
+        m.request("chat", "gpt-4o", "openai", 429);
+        let t = m.target("gpt-4o", "openai");
+        t.tokens_input.inc_by(12);
+        t.ttft.observe(0.2);
+        m.rate_limited("key", "requests");
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains(r#"tollgate_requests_total{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o",http_response_status_code="429"} 1"#), "{text}");
+        assert!(text.contains(r#"tollgate_tokens_total{gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o",gen_ai_token_type="input"} 12"#));
+        assert!(text.contains("gen_ai_server_time_to_first_token_seconds_count"));
+        assert!(text.contains(r#"tollgate_rate_limited_requests_total{layer="key",limit="requests"} 1"#));
+        assert!(text.contains("tollgate_build_info"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Per-request state carried through the hooks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate_limits::Admission;
+use tollgate_schema::Usage;
+
+use crate::snapshot::{KeyEntry, ModelEntry, Snapshot, TargetEntry};
+
+/// Which API a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Operation {
+    /// Not routed (yet).
+    #[default]
+    None,
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models`, `GET /v1/models/{id}`.
+    Models,
+}
+
+impl Operation {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::None => "none",
+            Operation::Chat => "chat",
+            Operation::Embeddings => "embeddings",
+            Operation::Models => "models",
+        }
+    }
+}
+
+/// What the hooks learn about one request.
+pub struct RequestCtx {
+    /// When the request header was received.
+    pub start: Instant,
+    /// Gateway request id, echoed as `x-request-id`.
+    pub request_id: String,
+    /// The snapshot this request runs on, loaded once.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The endpoint.
+    pub op: Operation,
+    /// The authenticated key.
+    pub key: Option<Arc<KeyEntry>>,
+    /// The public model.
+    pub model: Option<Arc<ModelEntry>>,
+    /// The chosen target.
+    pub target: Option<Arc<TargetEntry>>,
+    /// Whether the response is a stream.
+    pub stream: bool,
+    /// What the limits admitted.
+    pub admission: Option<Admission>,
+    /// Usage, once known.
+    pub usage: Option<Usage>,
+    /// Time to first token (streams).
+    pub ttft: Option<Duration>,
+    /// When the upstream request was sent (gateway overhead ends here).
+    pub upstream_sent: Option<Instant>,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    /// Short machine-readable cause when something failed.
+    pub error_kind: Option<&'static str>,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: new_request_id(),
+            snapshot: None,
+            op: Operation::None,
+            key: None,
+            model: None,
+            target: None,
+            stream: false,
+            admission: None,
+            usage: None,
+            ttft: None,
+            upstream_sent: None,
+            status: 0,
+            error_kind: None,
+        }
+    }
+}
+
+fn new_request_id() -> String {
+    let n: u128 = rand::random();
+    format!("req_{:024x}", n & ((1u128 << 96) - 1))
+}

@@ -1,0 +1,285 @@
+//! The upstream exchange, driven from `request_filter`: connect from the pool,
+//! send the translated request, and relay the response to the client,
+//! translating it (for streams: event by event, as bytes arrive — the
+//! `response_body_filter` step).
+//!
+//! Connections go back to the pool only after a response was read to its end;
+//! any failure drops the connection, so nothing half-read is ever reused.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType as PErr};
+use tollgate_providers::{ResponseCtx, StreamTranslator, UpstreamRequest};
+use tollgate_schema::ApiError;
+
+use crate::ctx::{Operation, RequestCtx};
+use crate::respond;
+use crate::snapshot::TargetEntry;
+use crate::steps::Stop;
+
+/// Upper bound on a non-streaming upstream body held in memory.
+const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
+
+/// How the exchange failed, for metrics and the client's status.
+fn upstream_failure(provider: &str, e: &Error) -> (ApiError, &'static str) {
+    match e.etype() {
+        PErr::ConnectTimedout | PErr::ReadTimedout | PErr::WriteTimedout => (
+            ApiError::gateway_timeout(format!("The provider `{provider}` did not answer in time.")),
+            "timeout",
+        ),
+        PErr::ConnectRefused | PErr::ConnectError | PErr::ConnectNoRoute | PErr::TLSHandshakeFailure => (
+            ApiError::bad_gateway(format!("Cannot connect to the provider `{provider}`.")),
+            "connect",
+        ),
+        _ => (
+            ApiError::bad_gateway(format!("The connection to the provider `{provider}` failed.")),
+            "protocol",
+        ),
+    }
+}
+
+fn timed_out(provider: &str) -> (ApiError, &'static str) {
+    (
+        ApiError::gateway_timeout(format!("The provider `{provider}` did not finish in time.")),
+        "timeout",
+    )
+}
+
+/// The upstream request header.
+fn request_header(target: &TargetEntry, up: &UpstreamRequest, body_len: usize) -> pingora::Result<RequestHeader> {
+    let p = &target.provider;
+    let mut h = RequestHeader::build("POST", up.path.as_bytes(), Some(6 + p.headers.len()))?;
+    h.insert_header(header::HOST, p.host_header.clone())?;
+    h.insert_header(header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(header::CONTENT_LENGTH, body_len)?;
+    h.insert_header(
+        header::ACCEPT,
+        if up.stream { "text/event-stream" } else { "application/json" },
+    )?;
+    h.insert_header(header::USER_AGENT, concat!("tollgate/", env!("CARGO_PKG_VERSION")))?;
+    for (k, v) in &p.headers {
+        h.insert_header(k.clone(), v.clone())?;
+    }
+    Ok(h)
+}
+
+/// Open (or reuse) a connection and send the request; returns the session with
+/// the response header read. A pooled connection the server closed meanwhile is
+/// retried on another: nothing reached the provider's application in that case.
+async fn send(
+    connector: &Connector,
+    peer: &HttpPeer,
+    target: &TargetEntry,
+    up: &UpstreamRequest,
+    body: Bytes,
+) -> Result<HttpSession, Box<Error>> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (mut s, reused) = connector.get_http_session(peer).await?;
+        // The connector applies only connect timeouts; reads and writes are the session's.
+        s.set_read_timeout(Some(target.provider.timeouts.read));
+        s.set_write_timeout(Some(target.provider.timeouts.write));
+        let res: pingora::Result<()> = async {
+            s.write_request_header(Box::new(request_header(target, up, body.len())?)).await?;
+            s.write_request_body(body.clone(), true).await?;
+            s.finish_request_body().await?;
+            s.read_response_header().await?;
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => return Ok(s),
+            Err(mut e) => {
+                let stale = reused
+                    && matches!(e.etype(), PErr::ConnectionClosed | PErr::ReadError | PErr::WriteError)
+                    && attempts < 4;
+                if !stale {
+                    e.retry.decide_reuse(reused);
+                    return Err(e);
+                }
+                log::debug!("stale pooled connection to {}: {e}; retrying", target.provider.name);
+            }
+        }
+    }
+}
+
+/// Remaining time before `deadline`, or an error if it passed.
+fn remaining(deadline: Instant) -> Option<Duration> {
+    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+}
+
+/// Run the exchange and answer the client. `Err(Stop::Api)` means nothing was
+/// sent to the client yet and the error should be.
+pub async fn run(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    connector: &Connector,
+    target: &TargetEntry,
+    mut up: UpstreamRequest,
+    client_wants_usage: bool,
+    public_model: &str,
+) -> Result<(), Stop> {
+    let provider = &target.provider;
+    let deadline = ctx.start + provider.timeouts.total;
+    let Some(peer) = provider.peer() else {
+        ctx.error_kind = Some("unresolved");
+        return Err(ApiError::bad_gateway(format!("The provider `{}` has no resolved address.", provider.name)).into());
+    };
+    let body = Bytes::from(std::mem::take(&mut up.body));
+    ctx.upstream_sent = Some(Instant::now());
+    let sent = match remaining(deadline) {
+        Some(d) => tokio::time::timeout(d, send(connector, &peer, target, &up, body)).await,
+        None => Ok(Err(Error::new(PErr::ReadTimedout))),
+    };
+    let mut upstream = match sent {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let (err, kind) = upstream_failure(&provider.name, &e);
+            ctx.error_kind = Some(kind);
+            return Err(err.into());
+        }
+        Err(_) => {
+            let (err, kind) = timed_out(&provider.name);
+            ctx.error_kind = Some(kind);
+            return Err(err.into());
+        }
+    };
+    let status = upstream.response_header().map_or(502, |h| h.status.as_u16());
+    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let rctx = ResponseCtx {
+        client_wants_usage,
+        public_model,
+        upstream_model: &target.upstream_model,
+        now_unix,
+        request_id: &ctx.request_id,
+    };
+
+    if !(200..300).contains(&status) || !up.stream {
+        let body = match read_all(&mut upstream, deadline).await {
+            Ok(b) => b,
+            Err(e) => {
+                let (err, kind) = match e {
+                    Some(e) => upstream_failure(&provider.name, &e),
+                    None => timed_out(&provider.name),
+                };
+                ctx.error_kind = Some(kind);
+                return Err(err.into());
+            }
+        };
+        release(connector, upstream, &peer, provider.timeouts.idle).await;
+        if !(200..300).contains(&status) {
+            ctx.error_kind = Some(if status == 429 { "rate_limited" } else if status >= 500 { "status_5xx" } else { "status_4xx" });
+            let out = tollgate_providers::error_response(provider.kind, status, body);
+            respond::json(session, ctx, out.status, out.body).await?;
+            return Ok(());
+        }
+        let translated = match ctx.op {
+            Operation::Embeddings => tollgate_providers::embeddings_response(provider.kind, body, &rctx),
+            _ => tollgate_providers::chat_response(provider.kind, body, &rctx),
+        };
+        let translated = translated.map_err(|e| {
+            ctx.error_kind = Some("bad_response");
+            Stop::from(e)
+        })?;
+        ctx.usage = translated.usage;
+        respond::json(session, ctx, 200, translated.body).await?;
+        return Ok(());
+    }
+
+    // A stream: headers now, then events as they are translated.
+    let mut translator = StreamTranslator::new(provider.kind, &rctx)?;
+    let mut h = respond::header(200, ctx, "text/event-stream", None)?;
+    h.insert_header(header::CACHE_CONTROL, "no-cache")?;
+    if !session.is_http2() {
+        h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    ctx.status = 200;
+    ctx.stream = true;
+    session.write_response_header(Box::new(h), false).await?;
+    let mut out = Vec::with_capacity(4096);
+    let mut clean = false;
+    loop {
+        let read = match remaining(deadline) {
+            Some(d) => tokio::time::timeout(d, upstream.read_response_body()).await.ok(),
+            None => None,
+        };
+        match read {
+            Some(Ok(Some(chunk))) => {
+                let before = translator.first_token_seen();
+                let _ = translator.feed(&chunk, &mut out);
+                if !before && translator.first_token_seen() {
+                    ctx.ttft = Some(ctx.start.elapsed());
+                }
+            }
+            Some(Ok(None)) => {
+                clean = translator.finish(&mut out).is_ok();
+                if !clean {
+                    ctx.error_kind = Some("stream_truncated");
+                }
+                break;
+            }
+            Some(Err(e)) => {
+                let (err, kind) = upstream_failure(&provider.name, &e);
+                ctx.error_kind = Some(kind);
+                tollgate_providers::write_stream_error(&mut out, &err);
+                break;
+            }
+            None => {
+                let (err, kind) = timed_out(&provider.name);
+                ctx.error_kind = Some(kind);
+                tollgate_providers::write_stream_error(&mut out, &err);
+                break;
+            }
+        }
+        if !out.is_empty() {
+            let bytes = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
+            session.write_response_body(Some(bytes), false).await?;
+        }
+    }
+    ctx.usage = translator.usage();
+    let last = if out.is_empty() { None } else { Some(Bytes::from(out)) };
+    session.write_response_body(last, true).await?;
+    if clean {
+        release(connector, upstream, &peer, provider.timeouts.idle).await;
+    }
+    Ok(())
+}
+
+/// Read a whole (bounded) body; `Err(None)` is the deadline.
+async fn read_all(s: &mut HttpSession, deadline: Instant) -> Result<Bytes, Option<Box<Error>>> {
+    let mut buf = BytesMut::new();
+    loop {
+        let d = remaining(deadline).ok_or(None)?;
+        match tokio::time::timeout(d, s.read_response_body()).await {
+            Err(_) => return Err(None),
+            Ok(Err(e)) => return Err(Some(e)),
+            Ok(Ok(None)) => return Ok(buf.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if buf.is_empty() && s.response_done() {
+                    return Ok(chunk);
+                }
+                if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
+                    return Err(Some(Error::explain(PErr::InvalidHTTPHeader, "upstream body too large")));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Return a fully read connection to the pool.
+async fn release(connector: &Connector, mut s: HttpSession, peer: &HttpPeer, idle: Duration) {
+    if s.response_done() {
+        connector.release_http_session(s, peer, Some(idle)).await;
+    } else {
+        s.shutdown().await;
+    }
+}

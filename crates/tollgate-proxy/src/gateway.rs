@@ -1,0 +1,239 @@
+//! The `ProxyHttp` implementation: hooks dispatching to [`crate::steps`],
+//! [`crate::exchange`] and the accounting in `logging`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType as PErr, Result};
+use tollgate_metrics::Metrics;
+use tollgate_schema::ApiError;
+
+use crate::ctx::{Operation, RequestCtx};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::steps::{self, Parsed, Stop};
+use crate::{exchange, respond};
+
+/// The gateway's data plane.
+pub struct Gateway {
+    state: SharedSnapshot,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// A gateway over a shared snapshot.
+    pub fn new(state: SharedSnapshot, metrics: Arc<Metrics>) -> Gateway {
+        Gateway {
+            state,
+            connector: Connector::new(None),
+            metrics,
+        }
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) -> Result<(), Stop> {
+        let (op, model_id) = steps::route(&session.req_header().method, session.req_header().uri.path())?;
+        ctx.op = op;
+        let key = steps::authenticate(snap, session)?;
+        ctx.key = Some(key.clone());
+
+        if op == Operation::Models {
+            let body = models_body(snap, &key, model_id.as_deref())?;
+            respond::json(session, ctx, 200, body).await?;
+            return Ok(());
+        }
+
+        let body = steps::read_body(session, snap.max_body_bytes).await?;
+        let parsed = Parsed::parse(op, &body)?;
+        let model = steps::authorize(snap, &key, parsed.model())?;
+        ctx.model = Some(model.clone());
+        let estimate = parsed.estimate_tokens(snap.default_completion_tokens);
+        match steps::admit(&key, estimate, Instant::now()) {
+            Ok(a) => ctx.admission = Some(a),
+            Err((stop, limit)) => {
+                self.metrics.rate_limited("key", limit.as_str());
+                return Err(stop);
+            }
+        }
+        let target = steps::choose_target(&model)?;
+        ctx.target = Some(target.clone());
+        let up = steps::rewrite_request(&parsed, &target, snap.default_completion_tokens.max(1))?;
+        let include_usage = parsed.include_usage();
+        let public_model = parsed.model().to_string();
+        drop(parsed);
+        exchange::run(session, ctx, &self.connector, &target, up, include_usage, &public_model).await
+    }
+}
+
+fn models_body(snap: &Snapshot, key: &crate::snapshot::KeyEntry, id: Option<&str>) -> Result<Bytes, ApiError> {
+    let entry = |name: &str| {
+        serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"})
+    };
+    let v = match id {
+        Some(id) => {
+            if !snap.models.contains_key(id) || !key.models.allows(id) {
+                return Err(ApiError::model_not_found(id));
+            }
+            entry(id)
+        }
+        None => serde_json::json!({
+            "object": "list",
+            "data": snap.model_names.iter().filter(|m| key.models.allows(m)).map(|m| entry(m)).collect::<Vec<_>>(),
+        }),
+    };
+    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Every route is answered here (see the crate docs and ADR 0001): the
+    /// body must be read whole before the target can be known.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.metrics.in_flight().inc();
+        let snap = self.state.load_full();
+        session.set_read_timeout(Some(snap.client_read_timeout));
+        session.set_write_timeout(Some(snap.client_write_timeout));
+        ctx.snapshot = Some(snap.clone());
+        match self.handle(session, ctx, &snap).await {
+            Ok(()) => Ok(true),
+            Err(Stop::Api(e, retry_after)) => {
+                if session.response_written().is_some() {
+                    // Headers already went out: the connection cannot carry a clean error.
+                    return Err(Error::explain(PErr::InternalError, e.to_string()));
+                }
+                if e.status != 413 && !session.is_body_done() {
+                    // Answered before the body was read: drain it so the connection stays
+                    // usable, unless it is larger than anything this gateway would accept.
+                    let declared = session
+                        .req_header()
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<usize>().ok());
+                    if declared.is_some_and(|n| n <= snap.max_body_bytes) {
+                        session.drain_request_body().await?;
+                    } else {
+                        session.set_keepalive(None);
+                    }
+                }
+                respond::error(session, ctx, &e, retry_after).await?;
+                Ok(true)
+            }
+            Err(Stop::Downstream(e)) => Err(e),
+        }
+    }
+
+    /// Never reached: `request_filter` answers every request. A plain proxy picks its
+    /// peer here; Tollgate's equivalent is [`steps::choose_target`].
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(PErr::InternalError, "every route is answered in request_filter"))
+    }
+
+    /// Failures outside the steps (client read errors, timeouts) still get OpenAI's shape.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            PErr::HTTPStatus(c) => *c,
+            PErr::ReadTimedout => 408,
+            PErr::ReadError | PErr::WriteError | PErr::ConnectionClosed => 0,
+            PErr::InvalidHTTPHeader | PErr::H1Error | PErr::H2Error => 400,
+            _ => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            let err = if code == 408 {
+                ApiError::new(408, tollgate_schema::ErrorType::Timeout, "Timed out reading the request.")
+            } else if code == 400 {
+                ApiError::invalid_request(format!("Malformed request: {e}"))
+            } else {
+                ApiError::internal("The gateway failed to handle the request.")
+            };
+            let _ = respond::error(session, ctx, &err, None).await;
+        }
+        ctx.status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// The accounting step: reconcile tokens, record metrics, write the access log.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.metrics.in_flight().dec();
+        let now = Instant::now();
+        let elapsed = now.duration_since(ctx.start);
+        if let (Some(key), Some(adm)) = (&ctx.key, &ctx.admission) {
+            match &ctx.usage {
+                Some(u) => key.limiter.settle(adm.reserved, u.total(), now),
+                // A response that failed before any token was generated costs nothing.
+                None if ctx.status != 200 => key.limiter.settle(adm.reserved, 0, now),
+                // A stream cut before its usage arrived keeps its reservation.
+                None => {}
+            }
+        }
+        let model = ctx.model.as_ref().map_or("", |m| m.name.as_str());
+        let provider = ctx.target.as_ref().map_or("", |t| t.provider.name.as_str());
+        let mut cost = 0.0;
+        if let Some(t) = &ctx.target {
+            let tm = &t.metrics;
+            match ctx.op {
+                Operation::Embeddings => tm.embeddings_duration.observe(elapsed.as_secs_f64()),
+                _ => tm.chat_duration.observe(elapsed.as_secs_f64()),
+            }
+            if let Some(ttft) = ctx.ttft {
+                tm.ttft.observe(ttft.as_secs_f64());
+            }
+            if let Some(u) = &ctx.usage {
+                tm.usage_input.observe(u.prompt_tokens as f64);
+                tm.usage_output.observe(u.completion_tokens as f64);
+                tm.tokens_input.inc_by(u.prompt_tokens);
+                tm.tokens_output.inc_by(u.completion_tokens);
+                tm.tokens_cached.inc_by(u.cached_tokens);
+                if let Some(p) = ctx.model.as_ref().and_then(|m| m.pricing) {
+                    cost = p.cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+                    tm.cost.inc_by(cost);
+                }
+            }
+            if let Some(kind) = ctx.error_kind {
+                self.metrics.upstream_error(provider, kind);
+            }
+        }
+        if let Some(sent) = ctx.upstream_sent {
+            self.metrics.overhead(sent.duration_since(ctx.start).as_secs_f64());
+        }
+        let status = if ctx.status == 0 {
+            session.response_written().map_or(0, |h| h.status.as_u16())
+        } else {
+            ctx.status
+        };
+        self.metrics.request(ctx.op.as_str(), model, provider, status);
+        if ctx.snapshot.as_ref().is_some_and(|s| s.access_log) {
+            let line = serde_json::json!({
+                "request_id": ctx.request_id,
+                "op": ctx.op.as_str(),
+                "key": ctx.key.as_ref().map(|k| k.name.as_str()),
+                "team": ctx.key.as_ref().and_then(|k| k.team.as_deref()),
+                "model": model,
+                "provider": provider,
+                "status": status,
+                "stream": ctx.stream,
+                "prompt_tokens": ctx.usage.map(|u| u.prompt_tokens),
+                "completion_tokens": ctx.usage.map(|u| u.completion_tokens),
+                "cached_tokens": ctx.usage.map(|u| u.cached_tokens),
+                "cost_usd": cost,
+                "latency_ms": elapsed.as_secs_f64() * 1000.0,
+                "ttft_ms": ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+                "error": ctx.error_kind,
+            });
+            log::info!(target: "tollgate::access", "{line}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The runtime form of a [`Config`]: everything the hot path looks up, built
+//! once per config load and swapped atomically. A request loads the snapshot
+//! once and keeps it, so a reload never changes a request midway.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use tollgate_auth::{KeyHash, KeyStore};
+use tollgate_config::{Config, ModelAccess, Pricing, ProviderKind, ProviderTimeouts};
+use tollgate_limits::{KeyLimiter, KeyLimits};
+use tollgate_metrics::{Metrics, TargetMetrics};
+use tollgate_router::Route;
+
+/// The current snapshot, shared by every worker.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Everything a request needs, immutable.
+pub struct Snapshot {
+    /// Client keys.
+    pub keys: KeyStore<KeyEntry>,
+    /// Public models.
+    pub models: HashMap<String, Arc<ModelEntry>>,
+    /// Model names in order, for `/v1/models`.
+    pub model_names: Vec<String>,
+    /// Providers.
+    pub providers: HashMap<String, Arc<ProviderEntry>>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Completion tokens reserved when a request sets none.
+    pub default_completion_tokens: u64,
+    /// Client read timeout.
+    pub client_read_timeout: Duration,
+    /// Client write timeout.
+    pub client_write_timeout: Duration,
+    /// Write access-log lines.
+    pub access_log: bool,
+}
+
+/// A client key and what it may do.
+#[derive(Debug)]
+pub struct KeyEntry {
+    /// Display name.
+    pub name: String,
+    /// Team.
+    pub team: Option<String>,
+    /// Allowed models.
+    pub models: ModelAccess,
+    /// Disabled keys are refused.
+    pub disabled: bool,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<i64>,
+    /// Rate limits, shared across reloads while they are unchanged.
+    pub limiter: Arc<KeyLimiter>,
+}
+
+/// A public model.
+pub struct ModelEntry {
+    /// Public name.
+    pub name: String,
+    /// Targets by tier.
+    pub route: Route<Arc<TargetEntry>>,
+    /// Prices.
+    pub pricing: Option<Pricing>,
+}
+
+/// One (provider, upstream model) a model can go to.
+pub struct TargetEntry {
+    /// The provider.
+    pub provider: Arc<ProviderEntry>,
+    /// Model name at the provider.
+    pub upstream_model: String,
+    /// Metric handles for (public model, provider).
+    pub metrics: TargetMetrics,
+}
+
+/// A provider with its prebuilt headers and peers.
+pub struct ProviderEntry {
+    /// Name.
+    pub name: String,
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Path prefix.
+    pub base_path: String,
+    /// `Host` header value.
+    pub host_header: HeaderValue,
+    /// Credential and protocol headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Azure / Anthropic API version.
+    pub api_version: Option<String>,
+    /// Timeouts.
+    pub timeouts: ProviderTimeouts,
+    host: String,
+    port: u16,
+    tls: bool,
+    peers: ArcSwap<Vec<HttpPeer>>,
+    next: AtomicUsize,
+}
+
+impl ProviderEntry {
+    /// A peer to connect to (round robin over resolved addresses), if any resolved.
+    pub fn peer(&self) -> Option<HttpPeer> {
+        let peers = self.peers.load();
+        if peers.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % peers.len();
+        Some(peers[i].clone())
+    }
+
+    /// Whether any address is known.
+    pub fn is_resolved(&self) -> bool {
+        !self.peers.load().is_empty()
+    }
+
+    /// Host and port to resolve.
+    pub fn authority(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    /// Replace the peers with these addresses.
+    pub fn set_addrs(&self, addrs: &[SocketAddr]) {
+        let peers = addrs.iter().map(|a| self.make_peer(*a)).collect();
+        self.peers.store(Arc::new(peers));
+    }
+
+    fn make_peer(&self, addr: SocketAddr) -> HttpPeer {
+        // SNI is always the provider's host: an empty SNI would turn certificate checks off.
+        let mut p = HttpPeer::new(addr, self.tls, self.host.clone());
+        let o = &mut p.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect * 2);
+        o.read_timeout = Some(self.timeouts.read);
+        o.write_timeout = Some(self.timeouts.write);
+        o.idle_timeout = Some(self.timeouts.idle);
+        o.alpn = ALPN::H1;
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        p
+    }
+}
+
+/// Rate-limit state that outlives snapshots: a reload keeps a key's buckets
+/// (and so its spent requests and tokens) unless its limits changed.
+#[derive(Default)]
+pub struct LimiterRegistry {
+    by_key: Mutex<HashMap<KeyHash, Arc<KeyLimiter>>>,
+}
+
+impl LimiterRegistry {
+    fn get(&self, hash: KeyHash, limits: KeyLimits, now: Instant) -> Arc<KeyLimiter> {
+        let mut map = self.by_key.lock();
+        match map.get(&hash) {
+            Some(l) if l.limits() == limits => l.clone(),
+            _ => {
+                let l = Arc::new(KeyLimiter::new(limits, now));
+                map.insert(hash, l.clone());
+                l
+            }
+        }
+    }
+}
+
+/// A snapshot could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A provider's credentials cannot be a header value.
+    #[error("provider `{0}`: credentials or version contain characters not allowed in a header")]
+    Header(String),
+}
+
+impl Snapshot {
+    /// Build from a validated config. Resolves provider host names (blocking: call it
+    /// at startup or from a background task, never on a request).
+    pub fn build(
+        config: &Config,
+        limiters: &LimiterRegistry,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let now = Instant::now();
+        let mut providers = HashMap::new();
+        for (name, p) in &config.providers {
+            let mut headers = tollgate_providers::static_headers(
+                p.kind,
+                p.api_key.as_ref().map(|k| k.expose()),
+                p.api_version.as_deref(),
+            )
+            .map_err(|_| SnapshotError::Header(name.clone()))?;
+            for (k, v) in &p.headers {
+                let k = HeaderName::from_bytes(k.as_bytes()).map_err(|_| SnapshotError::Header(name.clone()))?;
+                let v = HeaderValue::from_str(v).map_err(|_| SnapshotError::Header(name.clone()))?;
+                headers.push((k, v));
+            }
+            let default_port = if p.tls { 443 } else { 80 };
+            let host_header = if p.port == default_port {
+                HeaderValue::from_str(&p.host)
+            } else if p.host.contains(':') {
+                HeaderValue::from_str(&format!("[{}]:{}", p.host, p.port))
+            } else {
+                HeaderValue::from_str(&format!("{}:{}", p.host, p.port))
+            }
+            .map_err(|_| SnapshotError::Header(name.clone()))?;
+            let entry = Arc::new(ProviderEntry {
+                name: name.clone(),
+                kind: p.kind,
+                base_path: p.base_path.clone(),
+                host_header,
+                headers,
+                api_version: p.api_version.clone(),
+                timeouts: p.timeouts,
+                host: p.host.clone(),
+                port: p.port,
+                tls: p.tls,
+                peers: ArcSwap::from_pointee(Vec::new()),
+                next: AtomicUsize::new(0),
+            });
+            // Resolution failing here is not fatal: the resolver service keeps trying.
+            match (p.host.as_str(), p.port).to_socket_addrs() {
+                Ok(addrs) => entry.set_addrs(&addrs.collect::<Vec<_>>()),
+                Err(e) => {
+                    let carried = previous
+                        .and_then(|s| s.providers.get(name))
+                        .filter(|old| old.authority() == entry.authority())
+                        .map(|old| old.peers.load_full());
+                    match carried {
+                        Some(peers) => entry.peers.store(peers),
+                        None => log::warn!("provider {name}: cannot resolve {}: {e}", p.host),
+                    }
+                }
+            }
+            providers.insert(name.clone(), entry);
+        }
+        let mut models = HashMap::new();
+        for (name, m) in &config.models {
+            let targets = m
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    let provider = providers.get(&t.provider)?.clone();
+                    Some((
+                        t.priority,
+                        t.weight,
+                        Arc::new(TargetEntry {
+                            metrics: metrics.target(name, &t.provider),
+                            provider,
+                            upstream_model: t.model.clone(),
+                        }),
+                    ))
+                })
+                .collect();
+            models.insert(
+                name.clone(),
+                Arc::new(ModelEntry {
+                    name: name.clone(),
+                    route: Route::new(targets),
+                    pricing: m.pricing,
+                }),
+            );
+        }
+        let mut keys = KeyStore::with_capacity(config.keys.len());
+        for k in &config.keys {
+            let limiter = limiters.get(k.hash, KeyLimits { rpm: k.rpm, tpm: k.tpm }, now);
+            keys.insert(
+                k.hash,
+                Arc::new(KeyEntry {
+                    name: k.name.clone(),
+                    team: k.team.clone(),
+                    models: k.models.clone(),
+                    disabled: k.disabled,
+                    expires_at: k.expires_at,
+                    limiter,
+                }),
+            );
+        }
+        Ok(Snapshot {
+            keys,
+            model_names: config.models.keys().cloned().collect(),
+            models,
+            providers,
+            max_body_bytes: config.server.max_body_bytes,
+            default_completion_tokens: config.limits.default_completion_tokens,
+            client_read_timeout: config.server.client_read_timeout,
+            client_write_timeout: config.server.client_write_timeout,
+            access_log: config.server.access_log,
+        })
+    }
+}

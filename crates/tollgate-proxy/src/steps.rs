@@ -1,0 +1,265 @@
+//! The named steps of one request, in the order `request_filter` runs them.
+//! Each is a plain function over the snapshot and the request, so the same
+//! code serves every entry point.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::proxy::Session;
+use tollgate_auth::presented_key;
+use tollgate_limits::{Admission, LimitKind, Refusal};
+use tollgate_providers::{TargetCtx, UpstreamRequest};
+use tollgate_schema::{ApiError, ErrorType};
+
+use crate::ctx::Operation;
+use crate::snapshot::{KeyEntry, ModelEntry, Snapshot, TargetEntry};
+
+/// Why a request stops before (or instead of) reaching a provider.
+#[derive(Debug)]
+pub enum Stop {
+    /// Answer the client with this error (and `Retry-After` seconds, for 429).
+    Api(ApiError, Option<u64>),
+    /// The client connection failed; nothing can be answered.
+    Downstream(Box<pingora::Error>),
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Self {
+        Stop::Api(e, None)
+    }
+}
+
+impl From<Box<pingora::Error>> for Stop {
+    fn from(e: Box<pingora::Error>) -> Self {
+        Stop::Downstream(e)
+    }
+}
+
+/// The endpoint a request is for: method and path checked.
+pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>), ApiError> {
+    let (op, allowed) = match path {
+        "/v1/chat/completions" | "/chat/completions" => (Operation::Chat, Method::POST),
+        "/v1/embeddings" | "/embeddings" => (Operation::Embeddings, Method::POST),
+        "/v1/models" | "/models" => (Operation::Models, Method::GET),
+        p => match p.strip_prefix("/v1/models/").or_else(|| p.strip_prefix("/models/")) {
+            Some(id) if !id.is_empty() => {
+                if method != Method::GET {
+                    return Err(ApiError::method_not_allowed(method.as_str(), path, "GET"));
+                }
+                return Ok((Operation::Models, Some(id.to_string())));
+            }
+            _ => return Err(ApiError::unknown_path(method.as_str(), path)),
+        },
+    };
+    if method != allowed {
+        return Err(ApiError::method_not_allowed(method.as_str(), path, allowed.as_str()));
+    }
+    Ok((op, None))
+}
+
+/// Key auth: `Authorization: Bearer …` or `api-key: …`.
+pub fn authenticate(snap: &Snapshot, session: &Session) -> Result<Arc<KeyEntry>, ApiError> {
+    let h = session.req_header();
+    let presented = presented_key(
+        h.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+        h.headers.get("api-key").map(|v| v.as_bytes()),
+    )
+    .ok_or_else(|| {
+        ApiError::unauthorized(
+            "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.",
+        )
+        .with_code("missing_api_key")
+    })?;
+    let key = snap
+        .keys
+        .authenticate(presented)
+        .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
+    if key.disabled {
+        return Err(ApiError::unauthorized("This API key has been disabled.").with_code("api_key_disabled"));
+    }
+    if let Some(exp) = key.expires_at {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        if now >= exp {
+            return Err(ApiError::unauthorized("This API key has expired.").with_code("api_key_expired"));
+        }
+    }
+    Ok(key.clone())
+}
+
+/// Read the whole request body, refusing more than `max` bytes.
+pub async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Stop> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        // The unread body makes the connection unusable for another request.
+        session.set_keepalive(None);
+        return Err(ApiError::body_too_large(max).into());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024));
+    while let Some(chunk) = session.read_request_body().await? {
+        if buf.len() + chunk.len() > max {
+            session.set_keepalive(None);
+            return Err(ApiError::body_too_large(max).into());
+        }
+        if buf.is_empty() && declared.is_none() && chunk.len() >= buf.capacity() {
+            // One chunk is the whole body more often than not: keep it without copying.
+            buf.reserve(chunk.len());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The public model exists and the key may use it.
+pub fn authorize(snap: &Snapshot, key: &KeyEntry, model: &str) -> Result<Arc<ModelEntry>, ApiError> {
+    let m = snap.models.get(model).ok_or_else(|| ApiError::model_not_found(model))?;
+    if !key.models.allows(model) {
+        return Err(ApiError::model_forbidden(model));
+    }
+    Ok(m.clone())
+}
+
+/// Token buckets: one request, and the estimated tokens reserved.
+pub fn admit(key: &KeyEntry, estimated_tokens: u64, now: Instant) -> Result<Admission, (Stop, LimitKind)> {
+    key.limiter.admit(estimated_tokens, now).map_err(|r| {
+        let what = r.kind.as_str();
+        let stop = match r.refusal {
+            Refusal::Wait(d) => {
+                let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+                Stop::Api(
+                    ApiError::new(
+                        429,
+                        ErrorType::RateLimit,
+                        format!(
+                            "Rate limit reached for key `{}` on {what} per minute: limit {}, requested {}. Please try again in {secs}s.",
+                            key.name, r.limit, r.requested
+                        ),
+                    )
+                    .with_code("rate_limit_exceeded"),
+                    Some(secs),
+                )
+            }
+            Refusal::TooLarge => Stop::Api(
+                ApiError::new(
+                    429,
+                    ErrorType::RateLimit,
+                    format!(
+                        "Request too large for key `{}` on {what} per minute: limit {}, requested {}. Reduce the prompt or max_tokens.",
+                        key.name, r.limit, r.requested
+                    ),
+                )
+                .with_code("request_too_large"),
+                None,
+            ),
+        };
+        (stop, r.kind)
+    })
+}
+
+/// Pick the target: what `upstream_peer` decides in a plain Pingora proxy.
+pub fn choose_target(model: &ModelEntry) -> Result<Arc<TargetEntry>, ApiError> {
+    model
+        .route
+        .pick(|t| t.provider.is_resolved())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                503,
+                ErrorType::Overloaded,
+                format!("No provider for model `{}` is reachable right now.", model.name),
+            )
+            .with_code("no_upstream_available")
+        })
+}
+
+/// The target's translation context.
+pub fn target_ctx<'a>(t: &'a TargetEntry, default_max_tokens: u64) -> TargetCtx<'a> {
+    TargetCtx {
+        kind: t.provider.kind,
+        base_path: &t.provider.base_path,
+        upstream_model: &t.upstream_model,
+        api_version: t.provider.api_version.as_deref(),
+        default_max_tokens,
+    }
+}
+
+/// The request body, parsed once.
+pub enum Parsed<'a> {
+    /// A chat completion request.
+    Chat(tollgate_schema::ChatRequest<'a>),
+    /// An embeddings request.
+    Embeddings(tollgate_schema::EmbeddingsRequest<'a>),
+}
+
+impl<'a> Parsed<'a> {
+    /// Parse the body for this endpoint.
+    pub fn parse(op: Operation, body: &'a [u8]) -> Result<Parsed<'a>, ApiError> {
+        match op {
+            Operation::Chat => Ok(Parsed::Chat(tollgate_schema::ChatRequest::parse(body)?)),
+            Operation::Embeddings => Ok(Parsed::Embeddings(tollgate_schema::EmbeddingsRequest::parse(body)?)),
+            _ => Err(ApiError::internal("this endpoint has no body")),
+        }
+    }
+
+    /// The public model asked for.
+    pub fn model(&self) -> &str {
+        match self {
+            Parsed::Chat(r) => &r.model,
+            Parsed::Embeddings(r) => &r.model,
+        }
+    }
+
+    /// Tokens to reserve: prompt estimate plus the completion allowance (times `n`).
+    pub fn estimate_tokens(&self, default_completion: u64) -> u64 {
+        match self {
+            Parsed::Chat(r) => {
+                let completion = r.max_tokens.unwrap_or(default_completion);
+                r.estimate_prompt_tokens() + completion.saturating_mul(r.n.unwrap_or(1).max(1))
+            }
+            Parsed::Embeddings(r) => r.input.estimate_tokens(),
+        }
+    }
+
+    /// Streamed response?
+    pub fn stream(&self) -> bool {
+        matches!(self, Parsed::Chat(r) if r.stream)
+    }
+
+    /// Did the client ask for the usage chunk?
+    pub fn include_usage(&self) -> bool {
+        matches!(self, Parsed::Chat(r) if r.include_usage)
+    }
+}
+
+/// Translate the unified request into the provider's.
+pub fn rewrite_request(
+    parsed: &Parsed<'_>,
+    target: &TargetEntry,
+    default_max_tokens: u64,
+) -> Result<UpstreamRequest, ApiError> {
+    let t = target_ctx(target, default_max_tokens);
+    match parsed {
+        Parsed::Chat(req) => tollgate_providers::chat_request(req, &t),
+        Parsed::Embeddings(req) => tollgate_providers::embeddings_request(req, &t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&Method::POST, "/v1/chat/completions").unwrap().0, Operation::Chat);
+        assert_eq!(route(&Method::GET, "/v1/models/gpt-4o").unwrap().1.as_deref(), Some("gpt-4o"));
+        assert_eq!(route(&Method::GET, "/v1/chat/completions").unwrap_err().status, 405);
+        assert_eq!(route(&Method::DELETE, "/v1/models/x").unwrap_err().status, 405);
+        assert_eq!(route(&Method::POST, "/v2/whatever").unwrap_err().status, 404);
+    }
+}
