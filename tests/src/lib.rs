@@ -111,13 +111,18 @@ impl Harness {
         let snap = Snapshot::build(&config, &limiters, &metrics, None).unwrap();
         let state: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snap));
         let conf = Arc::new(ServerConf::default());
-        let app = Arc::new(pingora::proxy::http_proxy(&conf, Gateway::new(state.clone(), metrics.clone())));
+        let app = Arc::new(pingora::proxy::http_proxy(
+            &conf,
+            Gateway::new(state.clone(), metrics.clone()),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let app = app.clone();
                 let rx = rx.clone();
                 tokio::spawn(async move {
@@ -147,7 +152,12 @@ impl Harness {
         self.post_as(CLIENT_KEY, path, body).await
     }
 
-    pub async fn post_as(&self, key: &str, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    pub async fn post_as(
+        &self,
+        key: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
         client()
             .post(self.url(path))
             .bearer_auth(key)

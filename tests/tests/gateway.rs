@@ -31,7 +31,10 @@ async fn chat_completion_round_trip() {
     let rec = h.mock.requests().pop().unwrap();
     assert_eq!(rec.path, "/v1/chat/completions");
     assert_eq!(rec.json().unwrap()["model"], "mock-mini");
-    assert_eq!(rec.header("authorization"), Some(&*format!("Bearer {UPSTREAM_KEY}")));
+    assert_eq!(
+        rec.header("authorization"),
+        Some(&*format!("Bearer {UPSTREAM_KEY}"))
+    );
     for (k, v) in &rec.headers {
         assert!(!v.contains(CLIENT_KEY), "client key leaked upstream in {k}");
     }
@@ -65,7 +68,11 @@ fn content_of(events: &[String]) -> String {
         .iter()
         .filter(|e| *e != "[DONE]")
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -128,7 +135,10 @@ async fn big_prompt(stream: bool, size: usize) {
     let r = h.post("/v1/chat/completions", &body).await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
-    assert!(text.contains(&sha256_hex(prompt.as_bytes())), "prompt did not arrive intact");
+    assert!(
+        text.contains(&sha256_hex(prompt.as_bytes())),
+        "prompt did not arrive intact"
+    );
     let rec = h.mock.requests().pop().unwrap();
     let got = rec.json().unwrap();
     assert_eq!(got["messages"][0]["content"].as_str().unwrap().len(), size);
@@ -150,23 +160,52 @@ async fn twenty_mib_prompt() {
 async fn embeddings_and_models() {
     let h = Harness::start().await;
     let r = h
-        .post("/v1/embeddings", &json!({"model": "text-embedding-3-small", "input": ["a", "b"]}))
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "text-embedding-3-small", "input": ["a", "b"]}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
-    assert_eq!(h.mock.requests().pop().unwrap().json().unwrap()["model"], "mock-embed");
+    assert_eq!(
+        h.mock.requests().pop().unwrap().json().unwrap()["model"],
+        "mock-embed"
+    );
 
-    let r = client().get(h.url("/v1/models")).bearer_auth(CLIENT_KEY).send().await.unwrap();
+    let r = client()
+        .get(h.url("/v1/models"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     // Only the models this key may use.
-    assert!(ids.contains(&"gpt-4o-mini") && !ids.contains(&"secret-model"), "{ids:?}");
-    let r = client().get(h.url("/v1/models/gpt-4o-mini")).bearer_auth(CLIENT_KEY).send().await.unwrap();
+    assert!(
+        ids.contains(&"gpt-4o-mini") && !ids.contains(&"secret-model"),
+        "{ids:?}"
+    );
+    let r = client()
+        .get(h.url("/v1/models/gpt-4o-mini"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["id"], "gpt-4o-mini");
-    let r = client().get(h.url("/v1/models/secret-model")).bearer_auth(CLIENT_KEY).send().await.unwrap();
+    let r = client()
+        .get(h.url("/v1/models/secret-model"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -183,22 +222,48 @@ async fn error_of(r: reqwest::Response) -> (u16, Value) {
 async fn key_auth() {
     let h = Harness::start().await;
     let c = client();
-    let r = c.post(h.url("/v1/chat/completions")).json(&chat("x")).send().await.unwrap();
+    let r = c
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat("x"))
+        .send()
+        .await
+        .unwrap();
     let (s, e) = error_of(r).await;
     assert_eq!((s, e["code"].as_str()), (401, Some("missing_api_key")));
-    let (s, e) = error_of(h.post_as("tg-nope-nope", "/v1/chat/completions", &chat("x")).await).await;
+    let (s, e) = error_of(
+        h.post_as("tg-nope-nope", "/v1/chat/completions", &chat("x"))
+            .await,
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (401, Some("invalid_api_key")));
-    let (s, e) = error_of(h.post_as("tg-disabled-key", "/v1/chat/completions", &chat("x")).await).await;
+    let (s, e) = error_of(
+        h.post_as("tg-disabled-key", "/v1/chat/completions", &chat("x"))
+            .await,
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (401, Some("api_key_disabled")));
-    let (s, e) = error_of(h.post_as("tg-expired-key-1", "/v1/chat/completions", &chat("x")).await).await;
+    let (s, e) = error_of(
+        h.post_as("tg-expired-key-1", "/v1/chat/completions", &chat("x"))
+            .await,
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (401, Some("api_key_expired")));
     // Azure-style api-key header works too.
-    let r = c.post(h.url("/v1/chat/completions")).header("api-key", CLIENT_KEY).json(&chat("x")).send().await.unwrap();
+    let r = c
+        .post(h.url("/v1/chat/completions"))
+        .header("api-key", CLIENT_KEY)
+        .json(&chat("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut body = chat("x");
     body["model"] = json!("secret-model");
     let (s, e) = error_of(h.post("/v1/chat/completions", &body).await).await;
-    assert_eq!((s, e["code"].as_str(), e["param"].as_str()), (403, Some("model_not_allowed"), Some("model")));
+    assert_eq!(
+        (s, e["code"].as_str(), e["param"].as_str()),
+        (403, Some("model_not_allowed"), Some("model"))
+    );
     body["model"] = json!("gpt-9");
     let (s, e) = error_of(h.post("/v1/chat/completions", &body).await).await;
     assert_eq!((s, e["code"].as_str()), (404, Some("model_not_found")));
@@ -210,15 +275,26 @@ async fn key_auth() {
 async fn requests_per_minute() {
     let h = Harness::start().await;
     for i in 0..2 {
-        let r = h.post_as("tg-limited-key-1", "/v1/chat/completions", &chat("x")).await;
+        let r = h
+            .post_as("tg-limited-key-1", "/v1/chat/completions", &chat("x"))
+            .await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-ratelimit-limit-requests"], "2");
-        assert_eq!(r.headers()["x-ratelimit-remaining-requests"], &(1 - i).to_string());
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining-requests"],
+            &(1 - i).to_string()
+        );
         assert!(r.headers().contains_key("x-ratelimit-reset-requests"));
     }
-    let r = h.post_as("tg-limited-key-1", "/v1/chat/completions", &chat("x")).await;
+    let r = h
+        .post_as("tg-limited-key-1", "/v1/chat/completions", &chat("x"))
+        .await;
     assert_eq!(r.status(), 429);
-    let ra: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let ra: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=30).contains(&ra), "retry-after {ra}");
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
     let (_, e) = error_of(r).await;
@@ -226,8 +302,20 @@ async fn requests_per_minute() {
     assert_eq!(e["code"], "rate_limit_exceeded");
     assert_eq!(h.mock.request_count(), 2);
     let m = h.metrics_text();
-    assert_eq!(metric_value(&m, r#"tollgate_rate_limited_requests_total{layer="key",limit="requests"}"#), Some(1.0));
-    assert_eq!(metric_value(&m, r#"tollgate_requests_total{gen_ai_operation_name="chat",gen_ai_provider_name="",gen_ai_request_model="gpt-4o-mini",http_response_status_code="429"}"#), Some(1.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"tollgate_rate_limited_requests_total{layer="key",limit="requests"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"tollgate_requests_total{gen_ai_operation_name="chat",gen_ai_provider_name="",gen_ai_request_model="gpt-4o-mini",http_response_status_code="429"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -235,19 +323,41 @@ async fn tokens_reserved_then_reconciled() {
     let h = Harness::start().await;
     let mut body = chat("hi");
     body["max_tokens"] = json!(600);
-    let r = h.post_as("tg-tokens-key-1", "/v1/chat/completions", &body).await;
+    let r = h
+        .post_as("tg-tokens-key-1", "/v1/chat/completions", &body)
+        .await;
     assert_eq!(r.status(), 200);
     // During the request 600 + prompt estimate were reserved.
-    let remaining: u64 = r.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap();
+    let remaining: u64 = r.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(remaining < 400, "{remaining}");
-    let used = r.json::<Value>().await.unwrap()["usage"]["total_tokens"].as_u64().unwrap();
+    let used = r.json::<Value>().await.unwrap()["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
     // After it, only the real usage is spent.
-    let r = client().get(h.url("/v1/models")).bearer_auth("tg-tokens-key-1").send().await.unwrap();
-    let after: u64 = r.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap();
-    assert!(after >= 1000 - used - 1 && after <= 1000, "after {after}, used {used}");
+    let r = client()
+        .get(h.url("/v1/models"))
+        .bearer_auth("tg-tokens-key-1")
+        .send()
+        .await
+        .unwrap();
+    let after: u64 = r.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        after >= 1000 - used - 1 && after <= 1000,
+        "after {after}, used {used}"
+    );
     // A request that alone exceeds the limit is refused outright.
     body["max_tokens"] = json!(5000);
-    let r = h.post_as("tg-tokens-key-1", "/v1/chat/completions", &body).await;
+    let r = h
+        .post_as("tg-tokens-key-1", "/v1/chat/completions", &body)
+        .await;
     assert_eq!(r.status(), 429);
     let (_, e) = error_of(r).await;
     assert_eq!(e["code"], "request_too_large");
@@ -262,14 +372,21 @@ async fn raw_exchange(addr: std::net::SocketAddr, requests: &[Vec<u8>]) -> Vec<S
         let mut buf = Vec::new();
         let mut tmp = [0u8; 4096];
         loop {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "connection closed");
             buf.extend_from_slice(&tmp[..n]);
             let text = String::from_utf8_lossy(&buf).to_string();
             if let Some(end) = text.find("\r\n\r\n") {
                 let len: usize = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap_or(0);
                 if buf.len() >= end + 4 + len {
                     out.push(text);
@@ -323,13 +440,22 @@ async fn bad_input_gets_openai_errors_and_the_connection_survives() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
-    let h = Harness::with_config(&BASE_CONFIG.replace("max_body_bytes: 33554432", "max_body_bytes: 1000")).await;
-    let r = h.post("/v1/chat/completions", &chat(&"x".repeat(2000))).await;
+    let h = Harness::with_config(
+        &BASE_CONFIG.replace("max_body_bytes: 33554432", "max_body_bytes: 1000"),
+    )
+    .await;
+    let r = h
+        .post("/v1/chat/completions", &chat(&"x".repeat(2000)))
+        .await;
     let (s, e) = error_of(r).await;
     assert_eq!((s, e["code"].as_str()), (413, Some("request_too_large")));
     // Chunked (no content-length) too.
     let body = serde_json::to_vec(&chat(&"y".repeat(5000))).unwrap();
-    let stream = futures_util::stream::iter(body.chunks(100).map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>());
+    let stream = futures_util::stream::iter(
+        body.chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
     let r = client()
         .post(h.url("/v1/chat/completions"))
         .bearer_auth(CLIENT_KEY)
@@ -356,14 +482,44 @@ async fn upstream_failures() {
     assert_eq!((s, e["code"].as_str()), (504, Some("upstream_timeout")));
     assert!(t.elapsed() < Duration::from_secs(5));
     // The provider's own errors keep their status and body.
-    let (s, e) = error_of(h.post("/v1/chat/completions", &chat("x [[mock:status=429,retry_after=3]]")).await).await;
+    let (s, e) = error_of(
+        h.post(
+            "/v1/chat/completions",
+            &chat("x [[mock:status=429,retry_after=3]]"),
+        )
+        .await,
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (429, Some("rate_limit_exceeded")));
-    let (s, _) = error_of(h.post("/v1/chat/completions", &chat("x [[mock:status=500]]")).await).await;
+    let (s, _) = error_of(
+        h.post("/v1/chat/completions", &chat("x [[mock:status=500]]"))
+            .await,
+    )
+    .await;
     assert_eq!(s, 500);
     let m = h.metrics_text();
-    assert_eq!(metric_value(&m, r#"tollgate_upstream_errors_total{gen_ai_provider_name="dead",kind="connect"}"#), Some(1.0), "{m}");
-    assert_eq!(metric_value(&m, r#"tollgate_upstream_errors_total{gen_ai_provider_name="slow",kind="timeout"}"#), Some(1.0));
-    assert_eq!(metric_value(&m, r#"tollgate_upstream_errors_total{gen_ai_provider_name="mock",kind="status_5xx"}"#), Some(1.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"tollgate_upstream_errors_total{gen_ai_provider_name="dead",kind="connect"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"tollgate_upstream_errors_total{gen_ai_provider_name="slow",kind="timeout"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"tollgate_upstream_errors_total{gen_ai_provider_name="mock",kind="status_5xx"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -377,20 +533,43 @@ async fn stream_reset_mid_way_ends_cleanly_with_an_error_event() {
     let err: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
     assert!(err["error"]["message"].is_string(), "{text}");
     // And the gateway still serves the next request.
-    assert_eq!(h.post("/v1/chat/completions", &chat("x")).await.status(), 200);
+    assert_eq!(
+        h.post("/v1/chat/completions", &chat("x")).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn access_log_and_metrics_after_requests() {
     let h = Harness::start().await;
     for _ in 0..3 {
-        assert_eq!(h.post("/v1/chat/completions", &chat("count me")).await.status(), 200);
+        assert_eq!(
+            h.post("/v1/chat/completions", &chat("count me"))
+                .await
+                .status(),
+            200
+        );
     }
     let m = h.metrics_text();
-    assert_eq!(metric_value(&m, r#"tollgate_requests_total{gen_ai_operation_name="chat",gen_ai_provider_name="mock",gen_ai_request_model="gpt-4o-mini",http_response_status_code="200"}"#), Some(3.0));
-    assert_eq!(metric_value(&m, r#"gen_ai_server_request_duration_seconds_count{gen_ai_operation_name="chat",gen_ai_provider_name="mock",gen_ai_request_model="gpt-4o-mini"}"#), Some(3.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"tollgate_requests_total{gen_ai_operation_name="chat",gen_ai_provider_name="mock",gen_ai_request_model="gpt-4o-mini",http_response_status_code="200"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"gen_ai_server_request_duration_seconds_count{gen_ai_operation_name="chat",gen_ai_provider_name="mock",gen_ai_request_model="gpt-4o-mini"}"#
+        ),
+        Some(3.0)
+    );
     assert!(metric_value(&m, r#"tollgate_tokens_total{gen_ai_provider_name="mock",gen_ai_request_model="gpt-4o-mini",gen_ai_token_type="input"}"#).unwrap() >= 3.0);
     assert!(metric_value(&m, r#"tollgate_cost_usd_total{gen_ai_provider_name="mock",gen_ai_request_model="gpt-4o-mini"}"#).unwrap() > 0.0);
-    assert_eq!(metric_value(&m, "tollgate_overhead_seconds_count"), Some(3.0));
+    assert_eq!(
+        metric_value(&m, "tollgate_overhead_seconds_count"),
+        Some(3.0)
+    );
     assert_eq!(metric_value(&m, "tollgate_requests_in_flight"), Some(0.0));
 }

@@ -51,7 +51,9 @@ impl KeyHash {
 
     /// Parse the stored form `sha256:<64 hex>`.
     pub fn parse(stored: &str) -> Result<KeyHash, HashParseError> {
-        let hex_part = stored.strip_prefix("sha256:").ok_or(HashParseError::Scheme)?;
+        let hex_part = stored
+            .strip_prefix("sha256:")
+            .ok_or(HashParseError::Scheme)?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut out).map_err(|_| HashParseError::Digest)?;
         Ok(KeyHash(out))
@@ -80,7 +82,10 @@ pub fn display_prefix(key: &str) -> String {
 }
 
 /// Extract the presented key from `Authorization: Bearer …` or `api-key: …`.
-pub fn presented_key<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Option<&'a str> {
+pub fn presented_key<'a>(
+    authorization: Option<&'a [u8]>,
+    api_key: Option<&'a [u8]>,
+) -> Option<&'a str> {
     if let Some(v) = authorization {
         let v = std::str::from_utf8(v).ok()?.trim();
         let (scheme, rest) = v.split_once(' ')?;

@@ -62,21 +62,15 @@ pub(crate) fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
             Some((n, d)) => (n, Some(d)),
             None => (expr, None),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`${{{expr}}}` is not a valid variable reference"));
         }
         match (env(name).filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => {
-                return Err(format!(
-                    "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-                ))
-            }
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )),
         }
         rest = &after[end + 1..];
     }

@@ -79,7 +79,12 @@ fn good_config_loads() {
 }
 
 fn paths(yaml: &str) -> Vec<String> {
-    load(yaml).unwrap_err().0.into_iter().map(|e| e.path).collect()
+    load(yaml)
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| e.path)
+        .collect()
 }
 
 #[test]
@@ -88,12 +93,19 @@ fn unknown_field_has_its_path() {
     let errs = load(&yaml).unwrap_err();
     assert_eq!(errs.0.len(), 1);
     assert_eq!(errs.0[0].path, "models.gpt-4o.targets[1].wieght");
-    assert!(errs.0[0].message.contains("wieght"), "{}", errs.0[0].message);
+    assert!(
+        errs.0[0].message.contains("wieght"),
+        "{}",
+        errs.0[0].message
+    );
 }
 
 #[test]
 fn cross_references_checked() {
-    let yaml = GOOD.replace("{provider: local, model: llama", "{provider: lokal, model: llama");
+    let yaml = GOOD.replace(
+        "{provider: local, model: llama",
+        "{provider: lokal, model: llama",
+    );
     assert_eq!(paths(&yaml), vec!["models.gpt-4o.targets[1].provider"]);
     let yaml = GOOD.replace("models: [gpt-4o, claude]", "models: [gpt-5]");
     assert_eq!(paths(&yaml), vec!["keys[0].models[0]"]);

@@ -64,7 +64,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
     for (name, m) in file.models {
         let path = format!("models.{name}");
         if m.targets.is_empty() {
-            errors.push(format!("{path}.targets"), "a model needs at least one target");
+            errors.push(
+                format!("{path}.targets"),
+                "a model needs at least one target",
+            );
             continue;
         }
         let mut targets = Vec::with_capacity(m.targets.len());
@@ -102,10 +105,16 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             for (field, v) in [
                 ("input_per_mtok", p.input_per_mtok),
                 ("output_per_mtok", p.output_per_mtok),
-                ("cached_input_per_mtok", p.cached_input_per_mtok.unwrap_or(0.0)),
+                (
+                    "cached_input_per_mtok",
+                    p.cached_input_per_mtok.unwrap_or(0.0),
+                ),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
-                    errors.push(format!("{path}.pricing.{field}"), "must be a non-negative number");
+                    errors.push(
+                        format!("{path}.pricing.{field}"),
+                        "must be a non-negative number",
+                    );
                 }
             }
             Pricing {
@@ -133,7 +142,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         if k.name.is_empty() {
             errors.push(format!("{path}.name"), "must not be empty");
         } else if !seen_names.insert(k.name.clone()) {
-            errors.push(format!("{path}.name"), format!("duplicate key name `{}`", k.name));
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate key name `{}`", k.name),
+            );
         }
         let hash = match (&k.key, &k.hash) {
             (Some(_), Some(_)) => {
@@ -141,7 +153,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 None
             }
             (None, None) => {
-                errors.push(&path, "set `key` (usually `${ENV_VAR}`) or `hash` (see `tollgate hash-key`)");
+                errors.push(
+                    &path,
+                    "set `key` (usually `${ENV_VAR}`) or `hash` (see `tollgate hash-key`)",
+                );
                 None
             }
             (Some(plain), None) => {
@@ -171,7 +186,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             Some(list) => {
                 for (j, m) in list.iter().enumerate() {
                     if !m.ends_with('*') && !models.contains_key(m) && !dropped_models.contains(m) {
-                        errors.push(format!("{path}.models[{j}]"), format!("unknown model `{m}`"));
+                        errors.push(
+                            format!("{path}.models[{j}]"),
+                            format!("unknown model `{m}`"),
+                        );
                     }
                 }
                 ModelAccess::Only(list)
@@ -181,14 +199,20 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                 Ok(t) => Some(t.unix_timestamp()),
                 Err(e) => {
-                    errors.push(format!("{path}.expires_at"), format!("not an RFC 3339 time: {e}"));
+                    errors.push(
+                        format!("{path}.expires_at"),
+                        format!("not an RFC 3339 time: {e}"),
+                    );
                     None
                 }
             }
         });
         for (field, v) in [("rpm", k.limits.rpm), ("tpm", k.limits.tpm)] {
             if v == Some(0) {
-                errors.push(format!("{path}.limits.{field}"), "must be at least 1 (omit it for no limit)");
+                errors.push(
+                    format!("{path}.limits.{field}"),
+                    "must be at least 1 (omit it for no limit)",
+                );
             }
         }
         if let Some(hash) = hash {
@@ -289,7 +313,10 @@ fn provider(
                 Ok(s) => Some(s.trim().to_string()),
                 Err(e) => {
                     if !p.optional {
-                        errors.push(format!("{path}.api_key_file"), format!("cannot read {}: {e}", f.display()));
+                        errors.push(
+                            format!("{path}.api_key_file"),
+                            format!("cannot read {}: {e}", f.display()),
+                        );
                     }
                     Some(String::new())
                 }
@@ -302,16 +329,31 @@ fn provider(
             if p.optional {
                 return Some(None);
             }
-            errors.push(format!("{path}.api_key"), "is empty (mark the provider `optional: true` to skip it when its key is unset)");
+            errors.push(
+                format!("{path}.api_key"),
+                "is empty (mark the provider `optional: true` to skip it when its key is unset)",
+            );
             None
         }
         Some(k) => Some(Secret(k)),
         None => {
-            if matches!(p.kind, ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic | ProviderKind::Gemini) {
+            if matches!(
+                p.kind,
+                ProviderKind::Openai
+                    | ProviderKind::Azure
+                    | ProviderKind::Anthropic
+                    | ProviderKind::Gemini
+            ) {
                 if p.optional {
                     return Some(None);
                 }
-                errors.push(&path, format!("a `{}` provider needs `api_key` or `api_key_file`", p.kind.as_str()));
+                errors.push(
+                    &path,
+                    format!(
+                        "a `{}` provider needs `api_key` or `api_key_file`",
+                        p.kind.as_str()
+                    ),
+                );
             }
             None
         }
@@ -319,7 +361,10 @@ fn provider(
     let uri: Option<http::Uri> = match p.base_url.parse::<http::Uri>() {
         Ok(u) if u.scheme().is_some() && u.host().is_some() => Some(u),
         _ => {
-            errors.push(format!("{path}.base_url"), format!("`{}` is not an absolute http(s) URL", p.base_url));
+            errors.push(
+                format!("{path}.base_url"),
+                format!("`{}` is not an absolute http(s) URL", p.base_url),
+            );
             None
         }
     };
@@ -331,12 +376,20 @@ fn provider(
         match u.scheme_str() {
             Some("https") => tls = true,
             Some("http") => {}
-            other => errors.push(format!("{path}.base_url"), format!("scheme `{}` is not http or https", other.unwrap_or(""))),
+            other => errors.push(
+                format!("{path}.base_url"),
+                format!("scheme `{}` is not http or https", other.unwrap_or("")),
+            ),
         }
         if u.query().is_some() {
             errors.push(format!("{path}.base_url"), "must not have a query string");
         }
-        host = u.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        host = u
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         port = u.port_u16().unwrap_or(if tls { 443 } else { 80 });
         base_path = u.path().trim_end_matches('/').to_string();
     }
@@ -354,7 +407,13 @@ fn provider(
         idle: ms(t.idle_ms, 60_000),
         total: ms(t.total_ms, 600_000),
     };
-    for (field, v) in [("connect_ms", t.connect_ms), ("read_ms", t.read_ms), ("write_ms", t.write_ms), ("idle_ms", t.idle_ms), ("total_ms", t.total_ms)] {
+    for (field, v) in [
+        ("connect_ms", t.connect_ms),
+        ("read_ms", t.read_ms),
+        ("write_ms", t.write_ms),
+        ("idle_ms", t.idle_ms),
+        ("total_ms", t.total_ms),
+    ] {
         if v == Some(0) {
             errors.push(format!("{path}.timeouts.{field}"), "must be at least 1");
         }

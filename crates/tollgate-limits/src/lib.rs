@@ -75,7 +75,9 @@ impl TokenBucket {
             Ok(self.status_of(&s))
         } else {
             let missing = n - s.tokens;
-            Err(Refusal::Wait(Duration::from_secs_f64(missing / self.per_sec)))
+            Err(Refusal::Wait(Duration::from_secs_f64(
+                missing / self.per_sec,
+            )))
         }
     }
 
@@ -225,7 +227,11 @@ impl KeyLimiter {
         Ok(Admission {
             requests,
             tokens,
-            reserved: if self.tpm.is_some() { estimated_tokens } else { 0 },
+            reserved: if self.tpm.is_some() {
+                estimated_tokens
+            } else {
+                0
+            },
         })
     }
 

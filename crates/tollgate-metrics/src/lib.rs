@@ -55,7 +55,10 @@ impl Metrics {
         let requests = reg(
             &r,
             IntCounterVec::new(
-                Opts::new("tollgate_requests_total", "Requests answered, by model, provider and HTTP status."),
+                Opts::new(
+                    "tollgate_requests_total",
+                    "Requests answered, by model, provider and HTTP status.",
+                ),
                 &[OPERATION, MODEL, PROVIDER, STATUS],
             )
             .expect("metric"),
@@ -67,7 +70,10 @@ impl Metrics {
                     "gen_ai_server_request_duration_seconds",
                     "Time from request received to last response byte.",
                 )
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0,
+                ]),
                 &[OPERATION, MODEL, PROVIDER],
             )
             .expect("metric"),
@@ -79,7 +85,9 @@ impl Metrics {
                     "gen_ai_server_time_to_first_token_seconds",
                     "Time from request received to the first streamed token.",
                 )
-                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
                 &[MODEL, PROVIDER],
             )
             .expect("metric"),
@@ -87,8 +95,14 @@ impl Metrics {
         let token_usage = reg(
             &r,
             HistogramVec::new(
-                HistogramOpts::new("gen_ai_client_token_usage", "Tokens per request, by token type.")
-                    .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0]),
+                HistogramOpts::new(
+                    "gen_ai_client_token_usage",
+                    "Tokens per request, by token type.",
+                )
+                .buckets(vec![
+                    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+                    1048576.0,
+                ]),
                 &[MODEL, PROVIDER, TOKEN_TYPE],
             )
             .expect("metric"),
@@ -96,7 +110,10 @@ impl Metrics {
         let tokens = reg(
             &r,
             IntCounterVec::new(
-                Opts::new("tollgate_tokens_total", "Tokens used, by token type (input, output, cached_input)."),
+                Opts::new(
+                    "tollgate_tokens_total",
+                    "Tokens used, by token type (input, output, cached_input).",
+                ),
                 &[MODEL, PROVIDER, TOKEN_TYPE],
             )
             .expect("metric"),
@@ -104,7 +121,10 @@ impl Metrics {
         let cost = reg(
             &r,
             prometheus::CounterVec::new(
-                Opts::new("tollgate_cost_usd_total", "Spend in USD computed from usage and the price table."),
+                Opts::new(
+                    "tollgate_cost_usd_total",
+                    "Spend in USD computed from usage and the price table.",
+                ),
                 &[MODEL, PROVIDER],
             )
             .expect("metric"),
@@ -112,7 +132,10 @@ impl Metrics {
         let rate_limited = reg(
             &r,
             IntCounterVec::new(
-                Opts::new("tollgate_rate_limited_requests_total", "Requests refused by a limit, by layer and limit."),
+                Opts::new(
+                    "tollgate_rate_limited_requests_total",
+                    "Requests refused by a limit, by layer and limit.",
+                ),
                 &["layer", "limit"],
             )
             .expect("metric"),
@@ -120,7 +143,10 @@ impl Metrics {
         let upstream_errors = reg(
             &r,
             IntCounterVec::new(
-                Opts::new("tollgate_upstream_errors_total", "Failed upstream exchanges, by provider and kind."),
+                Opts::new(
+                    "tollgate_upstream_errors_total",
+                    "Failed upstream exchanges, by provider and kind.",
+                ),
                 &[PROVIDER, "kind"],
             )
             .expect("metric"),
@@ -132,18 +158,19 @@ impl Metrics {
                     "tollgate_overhead_seconds",
                     "Time spent in the gateway itself before the upstream request is sent.",
                 )
-                .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+                .buckets(vec![
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.05,
+                ]),
             )
             .expect("metric"),
         );
         let in_flight = reg(
             &r,
-            IntGauge::new("tollgate_requests_in_flight", "Requests being processed.").expect("metric"),
+            IntGauge::new("tollgate_requests_in_flight", "Requests being processed.")
+                .expect("metric"),
         );
-        let build = reg(
-            &r,
-            IntGaugeVecHelper::build_info(),
-        );
+        let build = reg(&r, IntGaugeVecHelper::build_info());
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
             registry: r,
@@ -176,13 +203,21 @@ impl Metrics {
     pub fn target(&self, model: &str, provider: &str) -> TargetMetrics {
         TargetMetrics {
             chat_duration: self.duration.with_label_values(&["chat", model, provider]),
-            embeddings_duration: self.duration.with_label_values(&["embeddings", model, provider]),
+            embeddings_duration: self
+                .duration
+                .with_label_values(&["embeddings", model, provider]),
             ttft: self.ttft.with_label_values(&[model, provider]),
-            usage_input: self.token_usage.with_label_values(&[model, provider, "input"]),
-            usage_output: self.token_usage.with_label_values(&[model, provider, "output"]),
+            usage_input: self
+                .token_usage
+                .with_label_values(&[model, provider, "input"]),
+            usage_output: self
+                .token_usage
+                .with_label_values(&[model, provider, "output"]),
             tokens_input: self.tokens.with_label_values(&[model, provider, "input"]),
             tokens_output: self.tokens.with_label_values(&[model, provider, "output"]),
-            tokens_cached: self.tokens.with_label_values(&[model, provider, "cached_input"]),
+            tokens_cached: self
+                .tokens
+                .with_label_values(&[model, provider, "cached_input"]),
             cost: self.cost.with_label_values(&[model, provider]),
         }
     }
@@ -202,7 +237,9 @@ impl Metrics {
 
     /// Count a failed upstream exchange.
     pub fn upstream_error(&self, provider: &str, kind: &str) {
-        self.upstream_errors.with_label_values(&[provider, kind]).inc();
+        self.upstream_errors
+            .with_label_values(&[provider, kind])
+            .inc();
     }
 
     /// Record gateway overhead.
@@ -279,7 +316,8 @@ mod tests {
         assert!(text.contains(r#"tollgate_requests_total{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o",http_response_status_code="429"} 1"#), "{text}");
         assert!(text.contains(r#"tollgate_tokens_total{gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o",gen_ai_token_type="input"} 12"#));
         assert!(text.contains("gen_ai_server_time_to_first_token_seconds_count"));
-        assert!(text.contains(r#"tollgate_rate_limited_requests_total{layer="key",limit="requests"} 1"#));
+        assert!(text
+            .contains(r#"tollgate_rate_limited_requests_total{layer="key",limit="requests"} 1"#));
         assert!(text.contains("tollgate_build_info"));
     }
 }

@@ -34,12 +34,17 @@ fn upstream_failure(provider: &str, e: &Error) -> (ApiError, &'static str) {
             ApiError::gateway_timeout(format!("The provider `{provider}` did not answer in time.")),
             "timeout",
         ),
-        PErr::ConnectRefused | PErr::ConnectError | PErr::ConnectNoRoute | PErr::TLSHandshakeFailure => (
+        PErr::ConnectRefused
+        | PErr::ConnectError
+        | PErr::ConnectNoRoute
+        | PErr::TLSHandshakeFailure => (
             ApiError::bad_gateway(format!("Cannot connect to the provider `{provider}`.")),
             "connect",
         ),
         _ => (
-            ApiError::bad_gateway(format!("The connection to the provider `{provider}` failed.")),
+            ApiError::bad_gateway(format!(
+                "The connection to the provider `{provider}` failed."
+            )),
             "protocol",
         ),
     }
@@ -53,7 +58,11 @@ fn timed_out(provider: &str) -> (ApiError, &'static str) {
 }
 
 /// The upstream request header.
-fn request_header(target: &TargetEntry, up: &UpstreamRequest, body_len: usize) -> pingora::Result<RequestHeader> {
+fn request_header(
+    target: &TargetEntry,
+    up: &UpstreamRequest,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
     let p = &target.provider;
     let mut h = RequestHeader::build("POST", up.path.as_bytes(), Some(6 + p.headers.len()))?;
     h.insert_header(header::HOST, p.host_header.clone())?;
@@ -61,9 +70,16 @@ fn request_header(target: &TargetEntry, up: &UpstreamRequest, body_len: usize) -
     h.insert_header(header::CONTENT_LENGTH, body_len)?;
     h.insert_header(
         header::ACCEPT,
-        if up.stream { "text/event-stream" } else { "application/json" },
+        if up.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
     )?;
-    h.insert_header(header::USER_AGENT, concat!("tollgate/", env!("CARGO_PKG_VERSION")))?;
+    h.insert_header(
+        header::USER_AGENT,
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )?;
     for (k, v) in &p.headers {
         h.insert_header(k.clone(), v.clone())?;
     }
@@ -88,7 +104,8 @@ async fn send(
         s.set_read_timeout(Some(target.provider.timeouts.read));
         s.set_write_timeout(Some(target.provider.timeouts.write));
         let res: pingora::Result<()> = async {
-            s.write_request_header(Box::new(request_header(target, up, body.len())?)).await?;
+            s.write_request_header(Box::new(request_header(target, up, body.len())?))
+                .await?;
             s.write_request_body(body.clone(), true).await?;
             s.finish_request_body().await?;
             s.read_response_header().await?;
@@ -99,13 +116,19 @@ async fn send(
             Ok(()) => return Ok(s),
             Err(mut e) => {
                 let stale = reused
-                    && matches!(e.etype(), PErr::ConnectionClosed | PErr::ReadError | PErr::WriteError)
+                    && matches!(
+                        e.etype(),
+                        PErr::ConnectionClosed | PErr::ReadError | PErr::WriteError
+                    )
                     && attempts < 4;
                 if !stale {
                     e.retry.decide_reuse(reused);
                     return Err(e);
                 }
-                log::debug!("stale pooled connection to {}: {e}; retrying", target.provider.name);
+                log::debug!(
+                    "stale pooled connection to {}: {e}; retrying",
+                    target.provider.name
+                );
             }
         }
     }
@@ -113,7 +136,9 @@ async fn send(
 
 /// Remaining time before `deadline`, or an error if it passed.
 fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
 }
 
 /// Run the exchange and answer the client. `Err(Stop::Api)` means nothing was
@@ -131,7 +156,11 @@ pub async fn run(
     let deadline = ctx.start + provider.timeouts.total;
     let Some(peer) = provider.peer() else {
         ctx.error_kind = Some("unresolved");
-        return Err(ApiError::bad_gateway(format!("The provider `{}` has no resolved address.", provider.name)).into());
+        return Err(ApiError::bad_gateway(format!(
+            "The provider `{}` has no resolved address.",
+            provider.name
+        ))
+        .into());
     };
     let body = Bytes::from(std::mem::take(&mut up.body));
     ctx.upstream_sent = Some(Instant::now());
@@ -152,8 +181,12 @@ pub async fn run(
             return Err(err.into());
         }
     };
-    let status = upstream.response_header().map_or(502, |h| h.status.as_u16());
-    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let status = upstream
+        .response_header()
+        .map_or(502, |h| h.status.as_u16());
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let rctx = ResponseCtx {
         client_wants_usage,
         public_model,
@@ -176,13 +209,21 @@ pub async fn run(
         };
         release(connector, upstream, &peer, provider.timeouts.idle).await;
         if !(200..300).contains(&status) {
-            ctx.error_kind = Some(if status == 429 { "rate_limited" } else if status >= 500 { "status_5xx" } else { "status_4xx" });
+            ctx.error_kind = Some(if status == 429 {
+                "rate_limited"
+            } else if status >= 500 {
+                "status_5xx"
+            } else {
+                "status_4xx"
+            });
             let out = tollgate_providers::error_response(provider.kind, status, body);
             respond::json(session, ctx, out.status, out.body).await?;
             return Ok(());
         }
         let translated = match ctx.op {
-            Operation::Embeddings => tollgate_providers::embeddings_response(provider.kind, body, &rctx),
+            Operation::Embeddings => {
+                tollgate_providers::embeddings_response(provider.kind, body, &rctx)
+            }
             _ => tollgate_providers::chat_response(provider.kind, body, &rctx),
         };
         let translated = translated.map_err(|e| {
@@ -208,7 +249,9 @@ pub async fn run(
     let mut clean = false;
     loop {
         let read = match remaining(deadline) {
-            Some(d) => tokio::time::timeout(d, upstream.read_response_body()).await.ok(),
+            Some(d) => tokio::time::timeout(d, upstream.read_response_body())
+                .await
+                .ok(),
             None => None,
         };
         match read {
@@ -245,7 +288,11 @@ pub async fn run(
         }
     }
     ctx.usage = translator.usage();
-    let last = if out.is_empty() { None } else { Some(Bytes::from(out)) };
+    let last = if out.is_empty() {
+        None
+    } else {
+        Some(Bytes::from(out))
+    };
     session.write_response_body(last, true).await?;
     if clean {
         release(connector, upstream, &peer, provider.timeouts.idle).await;
@@ -267,7 +314,10 @@ async fn read_all(s: &mut HttpSession, deadline: Instant) -> Result<Bytes, Optio
                     return Ok(chunk);
                 }
                 if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                    return Err(Some(Error::explain(PErr::InvalidHTTPHeader, "upstream body too large")));
+                    return Err(Some(Error::explain(
+                        PErr::InvalidHTTPHeader,
+                        "upstream body too large",
+                    )));
                 }
                 buf.extend_from_slice(&chunk);
             }

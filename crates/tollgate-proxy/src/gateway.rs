@@ -35,8 +35,16 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) -> Result<(), Stop> {
-        let (op, model_id) = steps::route(&session.req_header().method, session.req_header().uri.path())?;
+    async fn handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+    ) -> Result<(), Stop> {
+        let (op, model_id) = steps::route(
+            &session.req_header().method,
+            session.req_header().uri.path(),
+        )?;
         ctx.op = op;
         let key = steps::authenticate(snap, session)?;
         ctx.key = Some(key.clone());
@@ -65,14 +73,25 @@ impl Gateway {
         let include_usage = parsed.include_usage();
         let public_model = parsed.model().to_string();
         drop(parsed);
-        exchange::run(session, ctx, &self.connector, &target, up, include_usage, &public_model).await
+        exchange::run(
+            session,
+            ctx,
+            &self.connector,
+            &target,
+            up,
+            include_usage,
+            &public_model,
+        )
+        .await
     }
 }
 
-fn models_body(snap: &Snapshot, key: &crate::snapshot::KeyEntry, id: Option<&str>) -> Result<Bytes, ApiError> {
-    let entry = |name: &str| {
-        serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"})
-    };
+fn models_body(
+    snap: &Snapshot,
+    key: &crate::snapshot::KeyEntry,
+    id: Option<&str>,
+) -> Result<Bytes, ApiError> {
+    let entry = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
     let v = match id {
         Some(id) => {
             if !snap.models.contains_key(id) || !key.models.allows(id) {
@@ -85,7 +104,9 @@ fn models_body(snap: &Snapshot, key: &crate::snapshot::KeyEntry, id: Option<&str
             "data": snap.model_names.iter().filter(|m| key.models.allows(m)).map(|m| entry(m)).collect::<Vec<_>>(),
         }),
     };
-    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| ApiError::internal(e.to_string()))
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[async_trait]
@@ -135,12 +156,24 @@ impl ProxyHttp for Gateway {
 
     /// Never reached: `request_filter` answers every request. A plain proxy picks its
     /// peer here; Tollgate's equivalent is [`steps::choose_target`].
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(PErr::InternalError, "every route is answered in request_filter"))
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            PErr::InternalError,
+            "every route is answered in request_filter",
+        ))
     }
 
     /// Failures outside the steps (client read errors, timeouts) still get OpenAI's shape.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             PErr::HTTPStatus(c) => *c,
             PErr::ReadTimedout => 408,
@@ -150,7 +183,11 @@ impl ProxyHttp for Gateway {
         };
         if code > 0 && session.response_written().is_none() {
             let err = if code == 408 {
-                ApiError::new(408, tollgate_schema::ErrorType::Timeout, "Timed out reading the request.")
+                ApiError::new(
+                    408,
+                    tollgate_schema::ErrorType::Timeout,
+                    "Timed out reading the request.",
+                )
             } else if code == 400 {
                 ApiError::invalid_request(format!("Malformed request: {e}"))
             } else {
@@ -207,14 +244,16 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(sent) = ctx.upstream_sent {
-            self.metrics.overhead(sent.duration_since(ctx.start).as_secs_f64());
+            self.metrics
+                .overhead(sent.duration_since(ctx.start).as_secs_f64());
         }
         let status = if ctx.status == 0 {
             session.response_written().map_or(0, |h| h.status.as_u16())
         } else {
             ctx.status
         };
-        self.metrics.request(ctx.op.as_str(), model, provider, status);
+        self.metrics
+            .request(ctx.op.as_str(), model, provider, status);
         if ctx.snapshot.as_ref().is_some_and(|s| s.access_log) {
             let line = serde_json::json!({
                 "request_id": ctx.request_id,

@@ -25,4 +25,4 @@ pub mod steps;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
-pub use snapshot::{LimiterRegistry, Snapshot, SharedSnapshot};
+pub use snapshot::{LimiterRegistry, SharedSnapshot, Snapshot};

@@ -14,7 +14,12 @@ use tollgate_schema::ApiError;
 use crate::ctx::RequestCtx;
 
 /// Build a response header with the headers every answer carries.
-pub fn header(status: u16, ctx: &RequestCtx, content_type: &str, len: Option<usize>) -> Result<ResponseHeader> {
+pub fn header(
+    status: u16,
+    ctx: &RequestCtx,
+    content_type: &str,
+    len: Option<usize>,
+) -> Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(8))?;
     h.insert_header(header::CONTENT_TYPE, content_type)?;
     if let Some(len) = len {
@@ -46,7 +51,12 @@ pub fn rate_limit_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
 }
 
 /// Send a complete JSON response.
-pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> Result<()> {
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Bytes,
+) -> Result<()> {
     let h = header(status, ctx, "application/json", Some(body.len()))?;
     ctx.status = status;
     session.write_response_header(Box::new(h), false).await?;

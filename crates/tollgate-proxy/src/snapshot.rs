@@ -195,8 +195,10 @@ impl Snapshot {
             )
             .map_err(|_| SnapshotError::Header(name.clone()))?;
             for (k, v) in &p.headers {
-                let k = HeaderName::from_bytes(k.as_bytes()).map_err(|_| SnapshotError::Header(name.clone()))?;
-                let v = HeaderValue::from_str(v).map_err(|_| SnapshotError::Header(name.clone()))?;
+                let k = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| SnapshotError::Header(name.clone()))?;
+                let v =
+                    HeaderValue::from_str(v).map_err(|_| SnapshotError::Header(name.clone()))?;
                 headers.push((k, v));
             }
             let default_port = if p.tls { 443 } else { 80 };
@@ -267,7 +269,14 @@ impl Snapshot {
         }
         let mut keys = KeyStore::with_capacity(config.keys.len());
         for k in &config.keys {
-            let limiter = limiters.get(k.hash, KeyLimits { rpm: k.rpm, tpm: k.tpm }, now);
+            let limiter = limiters.get(
+                k.hash,
+                KeyLimits {
+                    rpm: k.rpm,
+                    tpm: k.tpm,
+                },
+                now,
+            );
             keys.insert(
                 k.hash,
                 Arc::new(KeyEntry {

@@ -43,7 +43,10 @@ pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>),
         "/v1/chat/completions" | "/chat/completions" => (Operation::Chat, Method::POST),
         "/v1/embeddings" | "/embeddings" => (Operation::Embeddings, Method::POST),
         "/v1/models" | "/models" => (Operation::Models, Method::GET),
-        p => match p.strip_prefix("/v1/models/").or_else(|| p.strip_prefix("/models/")) {
+        p => match p
+            .strip_prefix("/v1/models/")
+            .or_else(|| p.strip_prefix("/models/"))
+        {
             Some(id) if !id.is_empty() => {
                 if method != Method::GET {
                     return Err(ApiError::method_not_allowed(method.as_str(), path, "GET"));
@@ -54,7 +57,11 @@ pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>),
         },
     };
     if method != allowed {
-        return Err(ApiError::method_not_allowed(method.as_str(), path, allowed.as_str()));
+        return Err(ApiError::method_not_allowed(
+            method.as_str(),
+            path,
+            allowed.as_str(),
+        ));
     }
     Ok((op, None))
 }
@@ -63,7 +70,9 @@ pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>),
 pub fn authenticate(snap: &Snapshot, session: &Session) -> Result<Arc<KeyEntry>, ApiError> {
     let h = session.req_header();
     let presented = presented_key(
-        h.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+        h.headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
         h.headers.get("api-key").map(|v| v.as_bytes()),
     )
     .ok_or_else(|| {
@@ -77,12 +86,18 @@ pub fn authenticate(snap: &Snapshot, session: &Session) -> Result<Arc<KeyEntry>,
         .authenticate(presented)
         .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
     if key.disabled {
-        return Err(ApiError::unauthorized("This API key has been disabled.").with_code("api_key_disabled"));
+        return Err(
+            ApiError::unauthorized("This API key has been disabled.").with_code("api_key_disabled")
+        );
     }
     if let Some(exp) = key.expires_at {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         if now >= exp {
-            return Err(ApiError::unauthorized("This API key has expired.").with_code("api_key_expired"));
+            return Err(
+                ApiError::unauthorized("This API key has expired.").with_code("api_key_expired")
+            );
         }
     }
     Ok(key.clone())
@@ -117,8 +132,15 @@ pub async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Stop>
 }
 
 /// The public model exists and the key may use it.
-pub fn authorize(snap: &Snapshot, key: &KeyEntry, model: &str) -> Result<Arc<ModelEntry>, ApiError> {
-    let m = snap.models.get(model).ok_or_else(|| ApiError::model_not_found(model))?;
+pub fn authorize(
+    snap: &Snapshot,
+    key: &KeyEntry,
+    model: &str,
+) -> Result<Arc<ModelEntry>, ApiError> {
+    let m = snap
+        .models
+        .get(model)
+        .ok_or_else(|| ApiError::model_not_found(model))?;
     if !key.models.allows(model) {
         return Err(ApiError::model_forbidden(model));
     }
@@ -126,7 +148,11 @@ pub fn authorize(snap: &Snapshot, key: &KeyEntry, model: &str) -> Result<Arc<Mod
 }
 
 /// Token buckets: one request, and the estimated tokens reserved.
-pub fn admit(key: &KeyEntry, estimated_tokens: u64, now: Instant) -> Result<Admission, (Stop, LimitKind)> {
+pub fn admit(
+    key: &KeyEntry,
+    estimated_tokens: u64,
+    now: Instant,
+) -> Result<Admission, (Stop, LimitKind)> {
     key.limiter.admit(estimated_tokens, now).map_err(|r| {
         let what = r.kind.as_str();
         let stop = match r.refusal {
@@ -172,7 +198,10 @@ pub fn choose_target(model: &ModelEntry) -> Result<Arc<TargetEntry>, ApiError> {
             ApiError::new(
                 503,
                 ErrorType::Overloaded,
-                format!("No provider for model `{}` is reachable right now.", model.name),
+                format!(
+                    "No provider for model `{}` is reachable right now.",
+                    model.name
+                ),
             )
             .with_code("no_upstream_available")
         })
@@ -202,7 +231,9 @@ impl<'a> Parsed<'a> {
     pub fn parse(op: Operation, body: &'a [u8]) -> Result<Parsed<'a>, ApiError> {
         match op {
             Operation::Chat => Ok(Parsed::Chat(tollgate_schema::ChatRequest::parse(body)?)),
-            Operation::Embeddings => Ok(Parsed::Embeddings(tollgate_schema::EmbeddingsRequest::parse(body)?)),
+            Operation::Embeddings => Ok(Parsed::Embeddings(
+                tollgate_schema::EmbeddingsRequest::parse(body)?,
+            )),
             _ => Err(ApiError::internal("this endpoint has no body")),
         }
     }
@@ -256,10 +287,30 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&Method::POST, "/v1/chat/completions").unwrap().0, Operation::Chat);
-        assert_eq!(route(&Method::GET, "/v1/models/gpt-4o").unwrap().1.as_deref(), Some("gpt-4o"));
-        assert_eq!(route(&Method::GET, "/v1/chat/completions").unwrap_err().status, 405);
-        assert_eq!(route(&Method::DELETE, "/v1/models/x").unwrap_err().status, 405);
-        assert_eq!(route(&Method::POST, "/v2/whatever").unwrap_err().status, 404);
+        assert_eq!(
+            route(&Method::POST, "/v1/chat/completions").unwrap().0,
+            Operation::Chat
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/models/gpt-4o")
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/chat/completions")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/v1/models/x").unwrap_err().status,
+            405
+        );
+        assert_eq!(
+            route(&Method::POST, "/v2/whatever").unwrap_err().status,
+            404
+        );
     }
 }

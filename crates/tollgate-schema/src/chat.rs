@@ -548,11 +548,14 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("model"));
         let e = ChatRequest::parse(br#"{"model":"m","messages":"hi"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
-        let e = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)
-            .unwrap_err();
+        let e =
+            ChatRequest::parse(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)
+                .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
-        let e = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#)
-            .unwrap_err();
+        let e = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = ChatRequest::parse(br#"{"model":"m","model":"n","messages":[]}"#).unwrap_err();
         assert_eq!(e.status, 400);
@@ -571,7 +574,10 @@ mod tests {
         let mut out = Vec::new();
         r.raw.write_with(
             &mut out,
-            &[("model", Some(br#""up""#)), ("stream_options", Some(br#"{"include_usage":true}"#))],
+            &[
+                ("model", Some(br#""up""#)),
+                ("stream_options", Some(br#"{"include_usage":true}"#)),
+            ],
         );
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
@@ -582,7 +588,10 @@ mod tests {
     #[test]
     fn estimate_counts_text() {
         let body = br#"{"model":"a","messages":[{"role":"user","content":"12345678"}]}"#;
-        assert_eq!(ChatRequest::parse(body).unwrap().estimate_prompt_tokens(), 2 + 4);
+        assert_eq!(
+            ChatRequest::parse(body).unwrap().estimate_prompt_tokens(),
+            2 + 4
+        );
     }
 }
 
@@ -765,10 +774,21 @@ mod typed_tests {
         let r = ChatRequest::parse(body).unwrap();
         let tools = r.tools().unwrap().unwrap();
         assert_eq!(tools[0].function.name, "get_weather");
-        assert_eq!(tools[0].function.parameters.unwrap().get(), r#"{"type":"object"}"#);
-        assert_eq!(r.tool_choice().unwrap(), Some(ToolChoice::Function("get_weather".into())));
-        assert!(matches!(r.response_format().unwrap(), Some(ResponseFormat::JsonSchema(s)) if s.name == "s"));
+        assert_eq!(
+            tools[0].function.parameters.unwrap().get(),
+            r#"{"type":"object"}"#
+        );
+        assert_eq!(
+            r.tool_choice().unwrap(),
+            Some(ToolChoice::Function("get_weather".into()))
+        );
+        assert!(
+            matches!(r.response_format().unwrap(), Some(ResponseFormat::JsonSchema(s)) if s.name == "s")
+        );
         let r = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"sometimes"}"#).unwrap();
-        assert_eq!(r.tool_choice().unwrap_err().param.as_deref(), Some("tool_choice"));
+        assert_eq!(
+            r.tool_choice().unwrap_err().param.as_deref(),
+            Some("tool_choice")
+        );
     }
 }

@@ -180,7 +180,11 @@ mod tests {
             ]
         );
         for i in 0..stream.len() {
-            assert_eq!(collect(&[&stream[..i], &stream[i..]]), whole, "split at {i}");
+            assert_eq!(
+                collect(&[&stream[..i], &stream[i..]]),
+                whole,
+                "split at {i}"
+            );
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(collect(&bytes), whole);

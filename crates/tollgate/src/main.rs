@@ -4,7 +4,7 @@
 mod services;
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("error: {e}");
@@ -137,12 +137,14 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
     };
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.server.threads;
-    conf.grace_period_seconds = Some(config.server.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout.as_secs());
-    conf.upgrade_sock = config.server.upgrade_sock.display().to_string();
-    conf.pid_file = config.server.pid_file.display().to_string();
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
+        pid_file: config.server.pid_file.display().to_string(),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 

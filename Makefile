@@ -1,0 +1,69 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is here too.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= conf/tollgate.yaml
+
+.PHONY: run build test deps sys-deps py-deps fmt-check clippy unit sdk check-configs bench fuzz-smoke clean
+
+## Build (release) and start the gateway on the default config: works offline.
+run: sys-deps
+	$(CARGO) build --release -p tollgate
+	./target/release/tollgate serve --config $(CONFIG)
+
+build: sys-deps
+	$(CARGO) build --release -p tollgate
+
+## Install what is missing, then run every check and test.
+test: deps fmt-check clippy unit check-configs sdk
+
+deps: sys-deps py-deps
+
+# Pingora's zlib-ng build needs cmake and a C compiler; rustls needs the CA store at run time.
+sys-deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v cc >/dev/null || missing="$$missing build-essential"; \
+	[ -e /etc/ssl/certs/ca-certificates.crt ] || missing="$$missing ca-certificates"; \
+	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+py-deps: $(VENV)/.installed
+
+$(VENV)/.installed: tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+check-configs:
+	$(CARGO) build -p tollgate
+	for f in conf/*.yaml; do ./target/debug/tollgate check --config $$f; done
+
+## The official SDKs against the real binary.
+sdk: py-deps
+	$(CARGO) build -p tollgate
+	cd tests/python && TOLLGATE_BIN=$(CURDIR)/target/debug/tollgate ../../$(PY) -m pytest -q
+
+bench:
+	$(CARGO) bench -p tollgate-benches
+
+fuzz-smoke:
+	bash scripts/fuzz-smoke.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,96 @@
+"""Start the real `tollgate` binary (built by `make test`) on free loopback
+ports, with its built-in mock provider, for the official SDK tests."""
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("TOLLGATE_BIN", ROOT / "target" / "debug" / "tollgate"))
+
+CLIENT_KEY = "tg-sdk-test-key-1"
+LIMITED_KEY = "tg-sdk-limited-key"
+NARROW_KEY = "tg-sdk-narrow-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CONFIG = """
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin_listen: "127.0.0.1:{admin}"
+  threads: 2
+  pid_file: "{tmp}/tollgate.pid"
+  upgrade_sock: "{tmp}/upgrade.sock"
+  grace_period_secs: 0
+  graceful_shutdown_timeout_secs: 1
+mock_upstream:
+  listen: "127.0.0.1:{mock}"
+providers:
+  mock:
+    kind: openai_compatible
+    base_url: http://127.0.0.1:{mock}/v1
+    timeouts: {{connect_ms: 1000, read_ms: 10000}}
+models:
+  gpt-4o-mini:
+    targets: [{{provider: mock, model: gpt-4o-mini}}]
+    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.6}}
+  text-embedding-3-small:
+    targets: [{{provider: mock, model: text-embedding-3-small}}]
+  private-model:
+    targets: [{{provider: mock, model: private}}]
+keys:
+  - name: sdk
+    key: {client_key}
+    models: [gpt-4o-mini, text-embedding-3-small]
+  - name: sdk-limited
+    key: {limited_key}
+    limits: {{rpm: 1}}
+"""
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory):
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run `make test` (it builds the binary first)")
+    tmp = tmp_path_factory.mktemp("tollgate")
+    port, admin, mock = free_port(), free_port(), free_port()
+    conf = tmp / "tollgate.yaml"
+    conf.write_text(
+        CONFIG.format(
+            port=port, admin=admin, mock=mock, tmp=tmp,
+            client_key=CLIENT_KEY, limited_key=LIMITED_KEY,
+        )
+    )
+    log = open(tmp / "gateway.log", "w")
+    proc = subprocess.Popen(
+        [str(BINARY), "serve", "--config", str(conf)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", mock), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError((tmp / "gateway.log").read_text())
+            time.sleep(0.1)
+    yield {"base_url": f"http://127.0.0.1:{port}/v1", "admin": f"http://127.0.0.1:{admin}", "mock": f"http://127.0.0.1:{mock}"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
