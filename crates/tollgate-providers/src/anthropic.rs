@@ -1344,6 +1344,8 @@ mod tests {
             upstream_model: "claude-up",
             now_unix: 7,
             request_id: "req-1",
+            embeddings_base64: false,
+            estimated_prompt_tokens: 0,
         }
     }
 

@@ -1791,7 +1791,11 @@ struct EmbedUsage {
 /// always answers with floats, and with Gemini's `usageMetadata` when present
 /// (else zeros); [`embeddings_response_with`] does both properly.
 pub fn embeddings_response(body: Bytes, ctx: &ResponseCtx<'_>) -> Result<Translated, ApiError> {
-    embeddings_response_with(body, ctx, EmbeddingsOptions::default())
+    let opts = EmbeddingsOptions {
+        base64: ctx.embeddings_base64,
+        estimated_prompt_tokens: Some(ctx.estimated_prompt_tokens).filter(|n| *n > 0),
+    };
+    embeddings_response_with(body, ctx, opts)
 }
 
 /// A 2xx `batchEmbedContents` body as an OpenAI embeddings list, encoded as the
@@ -1875,6 +1879,8 @@ mod tests {
             upstream_model: "gemini-2.5-flash",
             now_unix: 7,
             request_id: "r1",
+            embeddings_base64: false,
+            estimated_prompt_tokens: 0,
         }
     }
 

@@ -58,6 +58,10 @@ pub struct ResponseCtx<'a> {
     pub now_unix: u64,
     /// A gateway request id, for response ids where the provider gives none.
     pub request_id: &'a str,
+    /// Embeddings: the client asked for `encoding_format: "base64"`.
+    pub embeddings_base64: bool,
+    /// The gateway's prompt-token estimate, for providers that report no usage.
+    pub estimated_prompt_tokens: u64,
 }
 
 /// A translated (or passed-through) non-streaming response body.
@@ -113,13 +117,6 @@ pub fn static_headers(
     Ok(out)
 }
 
-pub(crate) fn unsupported(kind: ProviderKind, what: &str) -> ApiError {
-    ApiError::invalid_request(format!(
-        "Provider kind `{}` does not support {what} yet.",
-        kind.as_str()
-    ))
-}
-
 /// Build the upstream chat request.
 pub fn chat_request(req: &ChatRequest<'_>, t: &TargetCtx<'_>) -> Result<UpstreamRequest, ApiError> {
     match t.kind {
@@ -139,12 +136,16 @@ pub fn embeddings_request(
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => openai::embeddings_request(req, t),
         ProviderKind::Azure => azure::embeddings_request(req, t),
         ProviderKind::Gemini => gemini::embeddings_request(req, t),
-        other => Err(unsupported(other, "embeddings")),
+        ProviderKind::Anthropic => anthropic::embeddings_request(req, t),
     }
 }
 
 /// Translate a successful (2xx) non-streaming chat response.
-pub fn chat_response(kind: ProviderKind, body: Bytes, ctx: &ResponseCtx<'_>) -> Result<Translated, ApiError> {
+pub fn chat_response(
+    kind: ProviderKind,
+    body: Bytes,
+    ctx: &ResponseCtx<'_>,
+) -> Result<Translated, ApiError> {
     match kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => openai::chat_response(body, ctx),
         ProviderKind::Azure => azure::chat_response(body, ctx),
@@ -160,10 +161,12 @@ pub fn embeddings_response(
     ctx: &ResponseCtx<'_>,
 ) -> Result<Translated, ApiError> {
     match kind {
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => openai::embeddings_response(body, ctx),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            openai::embeddings_response(body, ctx)
+        }
         ProviderKind::Azure => azure::embeddings_response(body, ctx),
         ProviderKind::Gemini => gemini::embeddings_response(body, ctx),
-        other => Err(unsupported(other, "embeddings")),
+        ProviderKind::Anthropic => anthropic::embeddings_response(body, ctx),
     }
 }
 
@@ -179,7 +182,9 @@ pub struct ErrorOut {
 /// Map a provider's error response to OpenAI's shape, keeping its message.
 pub fn error_response(kind: ProviderKind, status: u16, body: Bytes) -> ErrorOut {
     match kind {
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => openai::error_response(status, body),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            openai::error_response(status, body)
+        }
         ProviderKind::Azure => azure::error_response(status, body),
         ProviderKind::Anthropic => anthropic::error_response(status, body),
         ProviderKind::Gemini => gemini::error_response(status, body),
@@ -226,7 +231,9 @@ impl StreamTranslator {
                 Ok(StreamTranslator::OpenAi(openai::OpenAiStream::new(ctx)))
             }
             ProviderKind::Azure => Ok(StreamTranslator::Azure(azure::AzureStream::new(ctx))),
-            ProviderKind::Anthropic => Ok(StreamTranslator::Anthropic(anthropic::AnthropicStream::new(ctx))),
+            ProviderKind::Anthropic => Ok(StreamTranslator::Anthropic(
+                anthropic::AnthropicStream::new(ctx),
+            )),
             ProviderKind::Gemini => Ok(StreamTranslator::Gemini(gemini::GeminiStream::new(ctx))),
         }
     }

@@ -13,7 +13,10 @@ use tollgate_schema::error::write_json_str;
 use tollgate_schema::sse::SseDecoder;
 use tollgate_schema::{ApiError, ChatRequest, EmbeddingsRequest, ErrorType, Usage};
 
-use crate::{write_sse_data, write_stream_error, ErrorOut, ResponseCtx, StreamError, TargetCtx, Translated, UpstreamRequest};
+use crate::{
+    write_sse_data, write_stream_error, ErrorOut, ResponseCtx, StreamError, TargetCtx, Translated,
+    UpstreamRequest,
+};
 
 fn quoted(s: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(s.len() + 2);
@@ -37,13 +40,26 @@ fn stream_options_with_usage(req: &ChatRequest<'_>) -> Vec<u8> {
 /// Chat request: the client's body with `model` (and `stream_options`) replaced.
 pub fn chat_request(req: &ChatRequest<'_>, t: &TargetCtx<'_>) -> Result<UpstreamRequest, ApiError> {
     let model = quoted(t.upstream_model);
-    let mut body = Vec::with_capacity(req.raw.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 64);
+    let mut body = Vec::with_capacity(
+        req.raw
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + 64,
+    );
     if req.stream {
         let opts = stream_options_with_usage(req);
-        req.raw.write_with(&mut body, &[("model", Some(&model)), ("stream_options", Some(&opts))]);
+        req.raw.write_with(
+            &mut body,
+            &[("model", Some(&model)), ("stream_options", Some(&opts))],
+        );
     } else {
         // stream_options is only valid with stream: true; drop it rather than fail upstream.
-        req.raw.write_with(&mut body, &[("model", Some(&model)), ("stream_options", None)]);
+        req.raw.write_with(
+            &mut body,
+            &[("model", Some(&model)), ("stream_options", None)],
+        );
     }
     Ok(UpstreamRequest {
         path: format!("{}/chat/completions", t.base_path),
@@ -53,7 +69,10 @@ pub fn chat_request(req: &ChatRequest<'_>, t: &TargetCtx<'_>) -> Result<Upstream
 }
 
 /// Embeddings request: the client's body with `model` replaced.
-pub fn embeddings_request(req: &EmbeddingsRequest<'_>, t: &TargetCtx<'_>) -> Result<UpstreamRequest, ApiError> {
+pub fn embeddings_request(
+    req: &EmbeddingsRequest<'_>,
+    t: &TargetCtx<'_>,
+) -> Result<UpstreamRequest, ApiError> {
     let model = quoted(t.upstream_model);
     let mut body = Vec::new();
     req.raw.write_with(&mut body, &[("model", Some(&model))]);
@@ -77,7 +96,10 @@ fn bad_body(what: &str, e: serde_json::Error) -> ApiError {
 /// A 2xx chat response: forwarded as is; usage read from it.
 pub fn chat_response(body: Bytes, _ctx: &ResponseCtx<'_>) -> Result<Translated, ApiError> {
     let u: UsageOnly = serde_json::from_slice(&body).map_err(|e| bad_body("chat completion", e))?;
-    Ok(Translated { body, usage: u.usage })
+    Ok(Translated {
+        body,
+        usage: u.usage,
+    })
 }
 
 #[derive(Deserialize)]
@@ -94,7 +116,8 @@ struct EmbeddingsUsageOnly {
 
 /// A 2xx embeddings response: forwarded as is; usage read from it.
 pub fn embeddings_response(body: Bytes, _ctx: &ResponseCtx<'_>) -> Result<Translated, ApiError> {
-    let u: EmbeddingsUsageOnly = serde_json::from_slice(&body).map_err(|e| bad_body("embeddings", e))?;
+    let u: EmbeddingsUsageOnly =
+        serde_json::from_slice(&body).map_err(|e| bad_body("embeddings", e))?;
     Ok(Translated {
         body,
         usage: u.usage.map(|u| Usage {
@@ -119,7 +142,8 @@ struct ErrorObject<'a> {
 /// A non-2xx response: an OpenAI-shaped error body is forwarded with its status;
 /// anything else is wrapped in one, keeping the start of what the provider said.
 pub fn error_response(status: u16, body: Bytes) -> ErrorOut {
-    if serde_json::from_slice::<ErrorEnvelope<'_>>(&body).is_ok_and(|e| !e.error.message.is_empty()) {
+    if serde_json::from_slice::<ErrorEnvelope<'_>>(&body).is_ok_and(|e| !e.error.message.is_empty())
+    {
         return ErrorOut { status, body };
     }
     ErrorOut {
@@ -179,7 +203,13 @@ impl OpenAiStream {
 
     /// Feed upstream bytes.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let OpenAiStream { dec, wants_usage, usage, first_token, done } = self;
+        let OpenAiStream {
+            dec,
+            wants_usage,
+            usage,
+            first_token,
+            done,
+        } = self;
         if *done {
             return Ok(());
         }
@@ -280,6 +310,8 @@ mod tests {
             upstream_model: "up",
             now_unix: 1,
             request_id: "r",
+            embeddings_base64: false,
+            estimated_prompt_tokens: 0,
         }
     }
 
@@ -375,7 +407,10 @@ mod tests {
         assert!(std::str::from_utf8(&e.body).unwrap().contains("slow down"));
         let e = error_response(502, Bytes::from_static(b"<html>bad gateway</html>"));
         let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().contains("bad gateway"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad gateway"));
         assert_eq!(v["error"]["type"], "api_error");
     }
 }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde_json::Value;
 use tollgate_providers::{
-    chat_request, chat_response, embeddings_request, embeddings_response, error_response, ProviderKind,
-    ResponseCtx, StreamTranslator, TargetCtx,
+    chat_request, chat_response, embeddings_request, embeddings_response, error_response,
+    ProviderKind, ResponseCtx, StreamTranslator, TargetCtx,
 };
 use tollgate_schema::{ChatRequest, EmbeddingsRequest};
 
@@ -27,7 +27,11 @@ const REQUEST_ID: &str = "req-test";
 fn target(kind: ProviderKind) -> TargetCtx<'static> {
     TargetCtx {
         kind,
-        base_path: if kind == ProviderKind::Openai { "/v1" } else { "" },
+        base_path: if kind == ProviderKind::Openai {
+            "/v1"
+        } else {
+            ""
+        },
         upstream_model: UPSTREAM_MODEL,
         api_version: None,
         default_max_tokens: 4096,
@@ -46,7 +50,9 @@ fn json(dir: &Path, name: &str) -> Option<Value> {
 
 /// Run every fixture of one provider kind.
 fn run_fixtures(kind: ProviderKind, sub: &str) -> usize {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(sub);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(sub);
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .map(|e| e.unwrap().path())
@@ -70,7 +76,9 @@ fn run_case(kind: ProviderKind, dir: &Path) {
             let v: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
             (
                 v["model"].as_str().unwrap_or("public-model").to_string(),
-                v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+                v["stream_options"]["include_usage"]
+                    .as_bool()
+                    .unwrap_or(false),
             )
         }
         None => ("public-model".to_string(), false),
@@ -81,6 +89,8 @@ fn run_case(kind: ProviderKind, dir: &Path) {
         upstream_model: UPSTREAM_MODEL,
         now_unix: NOW,
         request_id: REQUEST_ID,
+        embeddings_base64: false,
+        estimated_prompt_tokens: 0,
     };
 
     // Request translation.
@@ -91,11 +101,19 @@ fn run_case(kind: ProviderKind, dir: &Path) {
             let e = out.expect_err(&format!("{name}: expected a refusal"));
             assert_eq!(Value::from(e.status), want["status"], "{name}: status");
             if let Some(p) = want.get("param") {
-                assert_eq!(e.param.as_deref().map(Value::from).unwrap_or(Value::Null), *p, "{name}: param");
+                assert_eq!(
+                    e.param.as_deref().map(Value::from).unwrap_or(Value::Null),
+                    *p,
+                    "{name}: param"
+                );
             }
         } else if let Some(want) = json(dir, "upstream.json") {
             let up = out.unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(Value::from(up.path.clone()), want["path"], "{name}: upstream path");
+            assert_eq!(
+                Value::from(up.path.clone()),
+                want["path"],
+                "{name}: upstream path"
+            );
             let got: Value = serde_json::from_slice(&up.body).unwrap();
             assert_eq!(got, want["body"], "{name}: upstream body");
             assert_eq!(up.stream, req.stream, "{name}: stream flag");
@@ -109,7 +127,11 @@ fn run_case(kind: ProviderKind, dir: &Path) {
             assert_eq!(Value::from(e.status), want["status"], "{name}: status");
         } else if let Some(want) = json(dir, "upstream.json") {
             let up = out.unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(Value::from(up.path.clone()), want["path"], "{name}: upstream path");
+            assert_eq!(
+                Value::from(up.path.clone()),
+                want["path"],
+                "{name}: upstream path"
+            );
             let got: Value = serde_json::from_slice(&up.body).unwrap();
             assert_eq!(got, want["body"], "{name}: upstream body");
         }
@@ -149,38 +171,66 @@ fn run_case(kind: ProviderKind, dir: &Path) {
             assert_eq!(split, whole, "{name}: split at byte {i}");
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(feed(kind, &ctx, &bytes), whole, "{name}: one byte at a time");
+        assert_eq!(
+            feed(kind, &ctx, &bytes),
+            whole,
+            "{name}: one byte at a time"
+        );
         // Every event the client gets is valid JSON or [DONE].
-        for ev in String::from_utf8(whole.0).unwrap().split("\n\n").filter(|e| !e.is_empty()) {
-            let data = ev.strip_prefix("data: ").unwrap_or_else(|| panic!("{name}: bad event {ev:?}"));
+        for ev in String::from_utf8(whole.0)
+            .unwrap()
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+        {
+            let data = ev
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("{name}: bad event {ev:?}"));
             if data != "[DONE]" {
-                serde_json::from_str::<Value>(data).unwrap_or_else(|e| panic!("{name}: {e}: {data}"));
+                serde_json::from_str::<Value>(data)
+                    .unwrap_or_else(|e| panic!("{name}: {e}: {data}"));
             }
         }
     }
 
     // Error mapping.
     if let (Some(body), Some(want)) = (read(dir, "error.json"), json(dir, "expected_error.json")) {
-        let status: u16 = String::from_utf8(read(dir, "error_status.txt").expect("error_status.txt"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let status: u16 =
+            String::from_utf8(read(dir, "error_status.txt").expect("error_status.txt"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
         let out = error_response(kind, status, Bytes::from(body));
-        assert_eq!(Value::from(out.status), want["status"], "{name}: error status");
+        assert_eq!(
+            Value::from(out.status),
+            want["status"],
+            "{name}: error status"
+        );
         let got: Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(got, want["body"], "{name}: error body");
     }
 }
 
 fn check_usage(name: &str, u: tollgate_schema::Usage, want: &Value) {
-    assert_eq!(Value::from(u.prompt_tokens), want["prompt_tokens"], "{name}: prompt_tokens");
-    assert_eq!(Value::from(u.completion_tokens), want["completion_tokens"], "{name}: completion_tokens");
+    assert_eq!(
+        Value::from(u.prompt_tokens),
+        want["prompt_tokens"],
+        "{name}: prompt_tokens"
+    );
+    assert_eq!(
+        Value::from(u.completion_tokens),
+        want["completion_tokens"],
+        "{name}: completion_tokens"
+    );
     if let Some(c) = want.get("cached_tokens") {
         assert_eq!(Value::from(u.cached_tokens), *c, "{name}: cached_tokens");
     }
     if let Some(r) = want.get("reasoning_tokens") {
-        assert_eq!(Value::from(u.reasoning_tokens), *r, "{name}: reasoning_tokens");
+        assert_eq!(
+            Value::from(u.reasoning_tokens),
+            *r,
+            "{name}: reasoning_tokens"
+        );
     }
 }
 
@@ -228,7 +278,8 @@ fn run_capabilities(kind: ProviderKind, caps: Caps) {
     let ok = |body: Vec<u8>, what: &str| {
         let req = ChatRequest::parse(&body).unwrap();
         let up = chat_request(&req, &t).unwrap_or_else(|e| panic!("{kind:?} {what}: {e}"));
-        serde_json::from_slice::<Value>(&up.body).unwrap_or_else(|e| panic!("{kind:?} {what}: {e}"));
+        serde_json::from_slice::<Value>(&up.body)
+            .unwrap_or_else(|e| panic!("{kind:?} {what}: {e}"));
         up
     };
     let refused = |body: Vec<u8>, what: &str, param: &str| {
@@ -248,17 +299,35 @@ fn run_capabilities(kind: ProviderKind, caps: Caps) {
     ok(chat("", USER), "plain text");
     let up = ok(chat(r#","stream":true"#, USER), "stream");
     assert!(up.stream);
-    ok(chat("", &format!(r#"{{"role":"system","content":"Be brief."}},{{"role":"developer","content":"Use metric."}},{USER}"#)), "system + developer");
     ok(
         chat(
             "",
-            &format!(r#"{USER},{{"role":"assistant","content":"Let me check."}},{{"role":"user","content":"Thanks"}},{{"role":"user","content":"Also Rome?"}}"#),
+            &format!(
+                r#"{{"role":"system","content":"Be brief."}},{{"role":"developer","content":"Use metric."}},{USER}"#
+            ),
+        ),
+        "system + developer",
+    );
+    ok(
+        chat(
+            "",
+            &format!(
+                r#"{USER},{{"role":"assistant","content":"Let me check."}},{{"role":"user","content":"Thanks"}},{{"role":"user","content":"Also Rome?"}}"#
+            ),
         ),
         "multi-turn with consecutive users",
     );
     let tools = r#","tools":[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]"#;
-    for choice in [r#""auto""#, r#""none""#, r#""required""#, r#"{"type":"function","function":{"name":"get_weather"}}"#] {
-        ok(chat(&format!(r#"{tools},"tool_choice":{choice}"#), USER), "tools");
+    for choice in [
+        r#""auto""#,
+        r#""none""#,
+        r#""required""#,
+        r#"{"type":"function","function":{"name":"get_weather"}}"#,
+    ] {
+        ok(
+            chat(&format!(r#"{tools},"tool_choice":{choice}"#), USER),
+            "tools",
+        );
     }
     ok(
         chat(
@@ -272,20 +341,44 @@ fn run_capabilities(kind: ProviderKind, caps: Caps) {
     let image = |url: &str| {
         chat(
             "",
-            &format!(r#"{{"role":"user","content":[{{"type":"text","text":"What is this?"}},{{"type":"image_url","image_url":{{"url":"{url}"}}}}]}}"#),
+            &format!(
+                r#"{{"role":"user","content":[{{"type":"text","text":"What is this?"}},{{"type":"image_url","image_url":{{"url":"{url}"}}}}]}}"#
+            ),
         )
     };
     ok(image("data:image/png;base64,iVBORw0KGgo="), "data: image");
-    must(caps.image_http, image("https://example.com/cat.png"), "http image", "messages[0].content[1].image_url");
-    ok(chat(r#","temperature":0.2,"top_p":0.9,"max_tokens":100,"stop":["END"],"user":"u-1""#, USER), "sampling parameters");
-    ok(chat(r#","max_completion_tokens":50"#, USER), "max_completion_tokens");
+    must(
+        caps.image_http,
+        image("https://example.com/cat.png"),
+        "http image",
+        "messages[0].content[1].image_url",
+    );
+    ok(
+        chat(
+            r#","temperature":0.2,"top_p":0.9,"max_tokens":100,"stop":["END"],"user":"u-1""#,
+            USER,
+        ),
+        "sampling parameters",
+    );
+    ok(
+        chat(r#","max_completion_tokens":50"#, USER),
+        "max_completion_tokens",
+    );
     must(caps.n_many, chat(r#","n":2"#, USER), "n=2", "n");
     ok(chat(r#","n":1"#, USER), "n=1");
     must(caps.seed, chat(r#","seed":7"#, USER), "seed", "seed");
-    must(caps.json_object, chat(r#","response_format":{"type":"json_object"}"#, USER), "json_object", "response_format");
+    must(
+        caps.json_object,
+        chat(r#","response_format":{"type":"json_object"}"#, USER),
+        "json_object",
+        "response_format",
+    );
     must(
         caps.json_schema,
-        chat(r#","response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object","properties":{"t":{"type":"number"}}}}}"#, USER),
+        chat(
+            r#","response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object","properties":{"t":{"type":"number"}}}}}"#,
+            USER,
+        ),
         "json_schema",
         "response_format",
     );
@@ -322,5 +415,54 @@ provider_suite!(
     openai,
     ProviderKind::Openai,
     "openai",
-    Caps { n_many: true, image_http: true, json_schema: true, json_object: true, embeddings: true, seed: true }
+    Caps {
+        n_many: true,
+        image_http: true,
+        json_schema: true,
+        json_object: true,
+        embeddings: true,
+        seed: true
+    }
+);
+
+provider_suite!(
+    gemini,
+    ProviderKind::Gemini,
+    "gemini",
+    Caps {
+        n_many: true,
+        image_http: true,
+        json_schema: true,
+        json_object: true,
+        embeddings: true,
+        seed: true
+    }
+);
+
+provider_suite!(
+    anthropic,
+    ProviderKind::Anthropic,
+    "anthropic",
+    Caps {
+        n_many: false,
+        image_http: true,
+        json_schema: true,
+        json_object: false,
+        embeddings: false,
+        seed: false
+    }
+);
+
+provider_suite!(
+    azure,
+    ProviderKind::Azure,
+    "azure",
+    Caps {
+        n_many: true,
+        image_http: true,
+        json_schema: true,
+        json_object: true,
+        embeddings: true,
+        seed: true
+    }
 );

@@ -141,6 +141,19 @@ fn remaining(deadline: Instant) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
+/// What the client's request asked for that shapes the response.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAsked<'a> {
+    /// The public model name.
+    pub public_model: &'a str,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// Embeddings as base64.
+    pub embeddings_base64: bool,
+    /// The prompt-token estimate.
+    pub estimated_prompt_tokens: u64,
+}
+
 /// Run the exchange and answer the client. `Err(Stop::Api)` means nothing was
 /// sent to the client yet and the error should be.
 pub async fn run(
@@ -149,8 +162,7 @@ pub async fn run(
     connector: &Connector,
     target: &TargetEntry,
     mut up: UpstreamRequest,
-    client_wants_usage: bool,
-    public_model: &str,
+    opts: ClientAsked<'_>,
 ) -> Result<(), Stop> {
     let provider = &target.provider;
     let deadline = ctx.start + provider.timeouts.total;
@@ -188,8 +200,10 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let rctx = ResponseCtx {
-        client_wants_usage,
-        public_model,
+        client_wants_usage: opts.include_usage,
+        embeddings_base64: opts.embeddings_base64,
+        estimated_prompt_tokens: opts.estimated_prompt_tokens,
+        public_model: opts.public_model,
         upstream_model: &target.upstream_model,
         now_unix,
         request_id: &ctx.request_id,

@@ -70,19 +70,15 @@ impl Gateway {
         let target = steps::choose_target(&model)?;
         ctx.target = Some(target.clone());
         let up = steps::rewrite_request(&parsed, &target, snap.default_completion_tokens.max(1))?;
-        let include_usage = parsed.include_usage();
         let public_model = parsed.model().to_string();
+        let asked = exchange::ClientAsked {
+            public_model: &public_model,
+            include_usage: parsed.include_usage(),
+            embeddings_base64: parsed.embeddings_base64(),
+            estimated_prompt_tokens: parsed.estimate_prompt_tokens(),
+        };
         drop(parsed);
-        exchange::run(
-            session,
-            ctx,
-            &self.connector,
-            &target,
-            up,
-            include_usage,
-            &public_model,
-        )
-        .await
+        exchange::run(session, ctx, &self.connector, &target, up, asked).await
     }
 }
 

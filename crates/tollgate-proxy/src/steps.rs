@@ -262,6 +262,19 @@ impl<'a> Parsed<'a> {
         matches!(self, Parsed::Chat(r) if r.stream)
     }
 
+    /// Embeddings asked as base64?
+    pub fn embeddings_base64(&self) -> bool {
+        matches!(self, Parsed::Embeddings(r) if r.encoding_format.as_deref() == Some("base64"))
+    }
+
+    /// The prompt alone, estimated.
+    pub fn estimate_prompt_tokens(&self) -> u64 {
+        match self {
+            Parsed::Chat(r) => r.estimate_prompt_tokens(),
+            Parsed::Embeddings(r) => r.input.estimate_tokens(),
+        }
+    }
+
     /// Did the client ask for the usage chunk?
     pub fn include_usage(&self) -> bool {
         matches!(self, Parsed::Chat(r) if r.include_usage)
