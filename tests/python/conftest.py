@@ -39,6 +39,18 @@ providers:
     kind: openai_compatible
     base_url: http://127.0.0.1:{mock}/v1
     timeouts: {{connect_ms: 1000, read_ms: 10000}}
+  anthropic:
+    kind: anthropic
+    base_url: http://127.0.0.1:{mock}
+    api_key: mock-anthropic-key
+  gemini:
+    kind: gemini
+    base_url: http://127.0.0.1:{mock}
+    api_key: mock-gemini-key
+  azure:
+    kind: azure
+    base_url: http://127.0.0.1:{mock}
+    api_key: mock-azure-key
 models:
   gpt-4o-mini:
     targets: [{{provider: mock, model: gpt-4o-mini}}]
@@ -47,10 +59,20 @@ models:
     targets: [{{provider: mock, model: text-embedding-3-small}}]
   private-model:
     targets: [{{provider: mock, model: private}}]
+  claude-test:
+    targets: [{{provider: anthropic, model: claude-sonnet-4-5}}]
+  gemini-test:
+    targets: [{{provider: gemini, model: gemini-2.5-flash}}]
+  azure-test:
+    targets: [{{provider: azure, model: gpt-4o-deployment}}]
+  azure-embed:
+    targets: [{{provider: azure, model: embed-deployment}}]
+  gemini-embed:
+    targets: [{{provider: gemini, model: text-embedding-004}}]
 keys:
   - name: sdk
     key: {client_key}
-    models: [gpt-4o-mini, text-embedding-3-small]
+    models: [gpt-4o-mini, text-embedding-3-small, claude-test, gemini-test, azure-test, azure-embed, gemini-embed]
   - name: sdk-limited
     key: {limited_key}
     limits: {{rpm: 1}}

@@ -113,7 +113,7 @@ def test_embeddings_default_base64(gateway):
 
 def test_models(gateway):
     ids = {m.id for m in client(gateway).models.list()}
-    assert ids == {"gpt-4o-mini", "text-embedding-3-small"}
+    assert "gpt-4o-mini" in ids and "claude-test" in ids and "private-model" not in ids
     assert client(gateway).models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
 
 

@@ -28,6 +28,8 @@ pub(crate) struct Reply {
     pub retry_after: Option<String>,
     /// The `allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// Further response headers a wire format adds (e.g. Anthropic's `request-id`).
+    pub extra_headers: Vec<(&'static str, String)>,
     /// The body, as events (one frame each unless re-split by `pacing`).
     pub frames: VecDeque<Bytes>,
     /// Announce `content-length` (complete JSON bodies) rather than chunked.
@@ -47,6 +49,7 @@ impl Reply {
             content_type: JSON,
             retry_after: None,
             allow: None,
+            extra_headers: Vec::new(),
             frames,
             sized: true,
             pacing: Pacing::default(),
@@ -62,6 +65,7 @@ impl Reply {
             content_type: EVENT_STREAM,
             retry_after: None,
             allow: None,
+            extra_headers: Vec::new(),
             frames: events,
             sized: false,
             pacing: Pacing::default(),

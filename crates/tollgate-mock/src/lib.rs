@@ -2,25 +2,36 @@
 //! and benchmarks.
 //!
 //! This crate owns the mock upstream: an HTTP/1.1 (keep-alive) server on
-//! tokio + hyper that speaks the OpenAI wire format byte for byte — chat
-//! completions (plain and SSE-streamed), embeddings (float and base64) and the
-//! model list, on the OpenAI `/v1/…` and Azure OpenAI
-//! `/openai/deployments/{deployment}/…` paths. Replies are deterministic
-//! functions of the request, so tests can assert on them.
+//! tokio + hyper that speaks four wire formats byte for byte:
+//!
+//! - **OpenAI** — chat completions (plain and SSE-streamed), embeddings (float
+//!   and base64) and the model list on `/v1/…`, and the same on the Azure
+//!   OpenAI paths `/openai/deployments/{deployment}/…`;
+//! - **Anthropic Messages** — `POST /v1/messages`, plain and streamed as typed
+//!   events (`message_start` … `message_stop`), with Anthropic's error shape;
+//! - **Gemini** — `POST /{v1beta|v1}/models/{model}:generateContent`,
+//!   `:streamGenerateContent` (`?alt=sse`) and `:batchEmbedContents`, with
+//!   Google's error shape.
+//!
+//! Replies are deterministic functions of the request, so tests can assert on
+//! them. Requests are validated the way each real API validates them cheaply
+//! (required fields, roles, unknown fields, auth headers), so a translation
+//! bug in the gateway surfaces as the provider's own 400.
 //!
 //! Tests make it misbehave per request with directives (see [`script`]):
-//! a `@key=value,…` suffix on the model or a `[[mock:key=value,…]]` marker in
-//! the last message — error statuses, `retry-after`, delays, time-to-first-token,
-//! gaps, byte-level fragmentation, hangs, mid-body resets, tool calls and
-//! mid-stream errors.
+//! a `@key=value,…` suffix on the model (for Gemini, on the model path
+//! segment, percent-encoded) or a `[[mock:key=value,…]]` marker in the last
+//! (user) message — error statuses in each format's error shape,
+//! `retry-after`, delays, time-to-first-token, gaps, byte-level fragmentation,
+//! hangs, mid-body resets, tool calls and mid-stream errors.
 //!
 //! It records what arrived ([`MockServer::requests`], or
 //! `GET`/`DELETE /__mock/requests` for non-Rust tests).
 //!
-//! Layout, so other wire formats (Anthropic Messages, Gemini) can be added as
-//! sibling modules: `server` (accept loop, routing, recording), `openai`
-//! (the OpenAI format), `script` (directives), `body` (paced response bodies),
-//! `record` (recorded requests).
+//! Layout: `server` (accept loop, routing, recording), one module per wire
+//! format (`openai`, `anthropic`, `gemini`), `common` (reply text, stream
+//! pieces, embeddings, token counts shared by the formats), `script`
+//! (directives), `body` (paced response bodies), `record` (recorded requests).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -36,7 +47,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod anthropic;
 mod body;
+mod common;
+mod gemini;
 mod openai;
 mod record;
 pub mod script;
@@ -49,8 +63,11 @@ use server::Shared;
 /// How a mock server behaves.
 #[derive(Clone, Debug)]
 pub struct MockConfig {
-    /// When set, requests must carry `Authorization: Bearer <key>` (OpenAI
-    /// paths) or `api-key: <key>` (Azure paths), else 401.
+    /// When set, requests must carry the key the way each API takes it:
+    /// `Authorization: Bearer <key>` (OpenAI paths, else 401), `api-key: <key>`
+    /// (Azure paths, else 401), `x-api-key: <key>` (Anthropic, else 401), or
+    /// `x-goog-api-key: <key>` / `?key=<key>` (Gemini: 403 when missing, 400
+    /// `API_KEY_INVALID` when wrong).
     pub api_key: Option<String>,
     /// How many recent requests to keep for inspection (0 keeps none).
     pub record_limit: usize,

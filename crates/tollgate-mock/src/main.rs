@@ -6,14 +6,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tollgate_mock::{serve, MockConfig};
 
-/// A mock LLM provider speaking the OpenAI wire format.
+/// A mock LLM provider speaking the OpenAI, Azure OpenAI, Anthropic and Gemini wire formats.
 #[derive(Parser, Debug)]
 #[command(name = "tollgate-mock", version, about)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:4010")]
     listen: SocketAddr,
-    /// Require this API key (`Authorization: Bearer` or Azure `api-key`).
+    /// Require this API key (`Authorization: Bearer`, Azure `api-key`,
+    /// Anthropic `x-api-key`, Gemini `x-goog-api-key` or `?key=`).
     #[arg(long)]
     api_key: Option<String>,
     /// How many recent requests to keep for `GET /__mock/requests`.

@@ -6,8 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::fmt;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -17,20 +16,17 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::body::Reply;
+use crate::common::{
+    apply_transport as script, content_pieces, embedding_vector, push_json_str, reply_content,
+    to_json, unix_now, Str, DEFAULT_DIMENSIONS, MAX_DIMENSIONS, TOOL_ARGUMENTS,
+    TOOL_ARGUMENT_PIECES,
+};
 use crate::script::Directives;
 
 /// `system_fingerprint` on every completion.
 const FINGERPRINT: &str = "fp_mock";
 /// The id of the (single) tool call the mock makes.
 const TOOL_CALL_ID: &str = "call_mock_0";
-/// The arguments of that tool call.
-const TOOL_ARGUMENTS: &str = "{\"location\":\"Paris\"}";
-/// How the tool-call arguments are streamed, as OpenAI splits them.
-const TOOL_ARGUMENT_PIECES: [&str; 5] = ["{\"", "location", "\":\"", "Paris", "\"}"];
-/// Default embedding width.
-const DEFAULT_DIMENSIONS: usize = 8;
-/// Largest accepted embedding width.
-const MAX_DIMENSIONS: usize = 65_536;
 /// The models `GET /v1/models` lists.
 const MODELS: [&str; 4] = ["mock-1", "gpt-4o-mini", "gpt-4o", "text-embedding-3-small"];
 /// `created` of the listed models.
@@ -257,43 +253,8 @@ fn bad_json(err: &serde_json::Error) -> Reply {
     )
 }
 
-/// Apply the transport directives (timing, pacing, hang, retry-after) to a reply.
-fn script(mut reply: Reply, d: &Directives) -> Reply {
-    reply.retry_after = d.retry_after.clone();
-    reply.delay = d.delay();
-    reply.hang = d.hangs();
-    reply.pacing = d.pacing();
-    reply
-}
-
 // ---------------------------------------------------------------------------
 // Request parsing
-
-/// A string that borrows from the body when it has no escapes.
-#[derive(Debug)]
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
 
 /// A message's content: a string, or an array of parts of which only the
 /// text parts count.
@@ -660,98 +621,6 @@ fn tool_call_name<'r>(
         .map(|n| n.0.as_ref())
 }
 
-/// The deterministic reply text, padded to `chunks` words when asked.
-fn reply_content(d: &Directives, prompt: &str) -> String {
-    let mut content = if let Some(reply) = &d.reply {
-        reply.clone()
-    } else if let Some(words) = d.words {
-        let mut s = String::with_capacity(words * 7);
-        for i in 0..words {
-            if i > 0 {
-                s.push(' ');
-            }
-            let _ = write!(s, "word{i}");
-        }
-        s
-    } else {
-        format!(
-            "Hello from mock. prompt_sha256={} prompt_bytes={}",
-            hex::encode(Sha256::digest(prompt.as_bytes())),
-            prompt.len()
-        )
-    };
-    if let Some(n) = d.chunks {
-        let have = content.split_whitespace().count();
-        if have < n {
-            let base: Vec<String> = content.split_whitespace().map(str::to_owned).collect();
-            for i in have..n {
-                if !content.is_empty() {
-                    content.push(' ');
-                }
-                match base.get((i - have) % base.len().max(1)) {
-                    Some(w) => content.push_str(w),
-                    None => {
-                        let _ = write!(content, "word{i}");
-                    }
-                }
-            }
-        }
-    }
-    content
-}
-
-/// Split `s` into word segments, each with the whitespace before it
-/// (trailing whitespace stays on the last one), so they concatenate to `s`.
-pub(crate) fn word_segments(s: &str) -> Vec<&str> {
-    let mut segs = Vec::new();
-    let mut seg_start = 0;
-    let mut prev_end: Option<usize> = None;
-    let mut in_word = false;
-    for (i, ch) in s.char_indices() {
-        if ch.is_whitespace() {
-            if in_word {
-                prev_end = Some(i);
-                in_word = false;
-            }
-        } else if !in_word {
-            if let Some(end) = prev_end {
-                segs.push(&s[seg_start..end]);
-                seg_start = end;
-            }
-            in_word = true;
-        }
-    }
-    if seg_start < s.len() {
-        segs.push(&s[seg_start..]);
-    }
-    segs
-}
-
-/// Split `s` into stream pieces: one per word, or `n` roughly equal groups of words.
-pub(crate) fn content_pieces(s: &str, n: Option<usize>) -> Vec<&str> {
-    let segs = word_segments(s);
-    let Some(n) = n else { return segs };
-    let w = segs.len();
-    let n = n.min(w);
-    if n == 0 || n == w {
-        return segs;
-    }
-    let mut pieces = Vec::with_capacity(n);
-    let mut offset = 0;
-    let mut offsets = Vec::with_capacity(w + 1);
-    for seg in &segs {
-        offsets.push(offset);
-        offset += seg.len();
-    }
-    offsets.push(offset);
-    for i in 0..n {
-        let from = offsets[i * w / n];
-        let to = offsets[(i + 1) * w / n];
-        pieces.push(&s[from..to]);
-    }
-    pieces
-}
-
 /// Writes `chat.completion.chunk` SSE events sharing one id/created/model.
 struct ChunkWriter {
     /// `{"id":…,…,"choices":[` — common to every chunk.
@@ -887,11 +756,6 @@ fn mid_stream_error() -> Bytes {
     )
 }
 
-fn push_json_str(buf: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(buf, s);
-}
-
 // ---------------------------------------------------------------------------
 // Embeddings
 
@@ -963,36 +827,6 @@ fn embedding_inputs(input: &serde_json::Value) -> Option<Vec<EmbeddingInput<'_>>
         },
         _ => None,
     }
-}
-
-/// A deterministic unit vector of `dims` values in [-1, 1] derived from `seed`.
-pub(crate) fn embedding_vector(seed: &[u8; 32], dims: usize) -> Vec<f32> {
-    let mut raw = Vec::with_capacity(dims);
-    let mut block: u32 = 0;
-    while raw.len() < dims {
-        let mut h = Sha256::new();
-        h.update(seed);
-        h.update(block.to_le_bytes());
-        let digest = h.finalize();
-        for word in digest.chunks_exact(4) {
-            if raw.len() == dims {
-                break;
-            }
-            let u = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            raw.push(f64::from(u) / f64::from(u32::MAX) * 2.0 - 1.0);
-        }
-        block += 1;
-    }
-    let norm = raw.iter().map(|v| v * v).sum::<f64>().sqrt();
-    raw.iter()
-        .map(|v| {
-            if norm > 0.0 {
-                (v / norm) as f32
-            } else {
-                *v as f32
-            }
-        })
-        .collect()
 }
 
 #[derive(Serialize)]
@@ -1168,17 +1002,6 @@ fn models() -> Vec<u8> {
 
 // ---------------------------------------------------------------------------
 
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    // Our response types always serialize.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1205,47 +1028,6 @@ mod tests {
         assert_eq!(route("/v1/models/x"), Some(Endpoint::Model("x")));
         assert_eq!(route("/openai/deployments//embeddings"), None);
         assert_eq!(route("/v1/nope"), None);
-    }
-
-    #[test]
-    fn segments_concatenate() {
-        for s in ["Hello from mock.", "  a b  ", "", "   ", "one", "a\n\nb\tc"] {
-            assert_eq!(word_segments(s).concat(), s);
-            for n in 1..5 {
-                assert_eq!(content_pieces(s, Some(n)).concat(), s);
-            }
-        }
-        assert_eq!(
-            word_segments("Hello from mock."),
-            vec!["Hello", " from", " mock."]
-        );
-        assert_eq!(content_pieces("a b c d", Some(2)), vec!["a b", " c d"]);
-    }
-
-    #[test]
-    fn padding_reaches_chunk_count() {
-        let mut d = Directives::default();
-        d.apply_pairs("reply=hi there,chunks=5");
-        let c = reply_content(&d, "");
-        assert_eq!(c, "hi there hi there hi");
-        assert_eq!(content_pieces(&c, d.chunks).len(), 5);
-        let mut d = Directives::default();
-        d.apply_pairs("reply=,chunks=3");
-        assert_eq!(reply_content(&d, ""), "word0 word1 word2");
-        let mut d = Directives::default();
-        d.apply_pairs("words=3");
-        assert_eq!(reply_content(&d, ""), "word0 word1 word2");
-    }
-
-    #[test]
-    fn vectors_are_unit_and_deterministic() {
-        let seed = [7u8; 32];
-        let a = embedding_vector(&seed, 20);
-        assert_eq!(a, embedding_vector(&seed, 20));
-        assert_eq!(a.len(), 20);
-        let norm: f32 = a.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4);
-        assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! Directives come from two places and are merged, the message winning:
 //!
 //! 1. a suffix on the request's model after the last `@`, e.g.
-//!    `gpt-4o-mini@status=500,retry_after=2`;
-//! 2. markers anywhere in the last message's text: `[[mock:key=value,key=value]]`.
+//!    `gpt-4o-mini@status=500,retry_after=2` (Gemini takes the model from the
+//!    path, so there it is percent-decoded first:
+//!    `models/gemini-x%40status%3D500:generateContent`);
+//! 2. markers anywhere in the last message's text: `[[mock:key=value,key=value]]`
+//!    (for Anthropic and Gemini, the last user turn's text blocks or parts).
 //!
 //! Parsing never fails: unknown keys and values that do not parse are ignored.
 //! A bare key (no `=`) means `key=1`.

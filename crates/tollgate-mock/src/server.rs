@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::body::{MockBody, Reply};
 use crate::record::{RecordedRequest, Recorder};
-use crate::{openai, MockConfig};
+use crate::{anthropic, gemini, openai, MockConfig};
 
 /// Largest request body the mock reads.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -113,7 +113,17 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Ok(respond(openai::too_large(), None)),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let path = parts.uri.path();
+            let reply = if anthropic::is_route(path) {
+                anthropic::too_large(shared.seq.fetch_add(1, Ordering::Relaxed) + 1)
+            } else if gemini::route(path).is_some() {
+                gemini::too_large(MAX_BODY)
+            } else {
+                openai::too_large()
+            };
+            return Ok(respond(reply, None));
+        }
         Err(e) => {
             log::debug!("tollgate-mock: reading request body failed: {e}");
             return Ok(status_only(StatusCode::BAD_REQUEST));
@@ -144,18 +154,7 @@ async fn handle(
         body: body.clone(),
     });
 
-    let reply = match openai::route(path) {
-        Some(endpoint) => openai::handle(
-            endpoint,
-            &parts.method,
-            &parts.headers,
-            &body,
-            shared.api_key.as_deref(),
-            seq,
-            path,
-        ),
-        None => openai::not_found(&parts.method, path),
-    };
+    let reply = dispatch(&shared, &parts, &body, seq);
     if reply.hang {
         // Hyper drops this future when the client goes away.
         std::future::pending::<()>().await;
@@ -164,6 +163,39 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
     Ok(respond(reply, Some(seq)))
+}
+
+/// Route a request to the wire format its path belongs to.
+fn dispatch(shared: &Shared, parts: &http::request::Parts, body: &[u8], seq: u64) -> Reply {
+    let path = parts.uri.path();
+    let api_key = shared.api_key.as_deref();
+    if anthropic::is_route(path) {
+        return anthropic::handle(&parts.method, &parts.headers, body, api_key, seq);
+    }
+    if let Some(endpoint) = gemini::route(path) {
+        let query = parts.uri.query().unwrap_or("");
+        return gemini::handle(
+            endpoint,
+            &parts.method,
+            &parts.headers,
+            query,
+            body,
+            api_key,
+            seq,
+        );
+    }
+    match openai::route(path) {
+        Some(endpoint) => openai::handle(
+            endpoint,
+            &parts.method,
+            &parts.headers,
+            body,
+            api_key,
+            seq,
+            path,
+        ),
+        None => openai::not_found(&parts.method, path),
+    }
 }
 
 /// `GET` lists the recorded requests, `DELETE` clears them.
@@ -208,6 +240,11 @@ fn respond(mut reply: Reply, seq: Option<u64>) -> Response<MockBody> {
     }
     if let Some(allow) = reply.allow {
         headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    for (name, value) in reply.extra_headers.drain(..) {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(name, v);
+        }
     }
     resp
 }

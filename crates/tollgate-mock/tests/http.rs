@@ -2,157 +2,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use common::{connect, mock, post, send, send_on, sha};
+use http::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tollgate_mock::{MockConfig, MockServer};
 
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    frames: Vec<Bytes>,
-    /// Elapsed time when the head arrived / when the first frame arrived.
-    head_at: Duration,
-    first_frame_at: Option<Duration>,
-    error: Option<hyper::Error>,
-}
-
-impl Resp {
-    fn body(&self) -> Bytes {
-        let mut b = BytesMut::new();
-        for f in &self.frames {
-            b.extend_from_slice(f);
-        }
-        b.freeze()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body()).unwrap()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    /// The `data:` payloads of an SSE body.
-    fn events(&self) -> Vec<String> {
-        let body = String::from_utf8(self.body().to_vec()).unwrap();
-        assert!(
-            body.ends_with("\n\n"),
-            "SSE body must end with a blank line"
-        );
-        body.split_terminator("\n\n")
-            .map(|e| e.strip_prefix("data: ").unwrap().to_owned())
-            .collect()
-    }
-}
-
-async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-async fn send_on(
-    sender: &mut SendRequest<Full<Bytes>>,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "mock");
-    if !body.is_empty() {
-        req = req.header("content-type", "application/json");
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
-    let start = Instant::now();
-    sender.ready().await.unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let head_at = start.elapsed();
-    let (parts, mut body) = resp.into_parts();
-    let mut frames = Vec::new();
-    let mut first_frame_at = None;
-    let mut error = None;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data() {
-                    first_frame_at.get_or_insert_with(|| start.elapsed());
-                    frames.push(data);
-                }
-            }
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-    }
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        frames,
-        head_at,
-        first_frame_at,
-        error,
-    }
-}
-
-async fn send(
-    mock: &MockServer,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut sender = connect(mock.addr()).await;
-    send_on(&mut sender, method, path, headers, body).await
-}
-
-async fn post(mock: &MockServer, path: &str, body: Value) -> Resp {
-    send(
-        mock,
-        Method::POST,
-        path,
-        &[],
-        &serde_json::to_vec(&body).unwrap(),
-    )
-    .await
-}
-
-async fn mock() -> MockServer {
-    MockServer::start(MockConfig::default()).await.unwrap()
-}
-
 fn chat(model: &str, content: &str) -> Value {
     json!({"model": model, "messages": [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": content}
     ]})
-}
-
-fn sha(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 #[tokio::test]
