@@ -68,9 +68,11 @@ pub(crate) fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
         match (env(name).filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-            )),
+            ))
+            }
         }
         rest = &after[end + 1..];
     }
