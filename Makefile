@@ -16,7 +16,7 @@ build: sys-deps
 	$(CARGO) build --release -p tollgate
 
 ## Install what is missing, then run every check and test.
-test: deps fmt-check clippy unit check-configs sdk
+test: deps fmt-check clippy unit check-configs sdk fuzz-smoke
 
 deps: sys-deps py-deps
 
@@ -61,8 +61,9 @@ sdk: py-deps
 bench:
 	$(CARGO) bench -p tollgate-benches
 
+# Bounded: every fuzz target for FUZZ_SECONDS (10 s in `make test`).
 fuzz-smoke:
-	bash scripts/fuzz-smoke.sh
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-10} bash scripts/fuzz-smoke.sh
 
 clean:
 	$(CARGO) clean

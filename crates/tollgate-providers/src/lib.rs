@@ -263,8 +263,21 @@ impl StreamTranslator {
 /// Append one SSE `data:` event.
 pub fn write_sse_data(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
+    write_data_lines(out, data);
     out.extend_from_slice(b"\n\n");
+}
+
+/// Append event data, continuing every embedded line break as a new `data:`
+/// line: an upstream event with several `data:` lines must reach the client as
+/// the same event, not as a stray line (or a forged `[DONE]`).
+pub(crate) fn write_data_lines(out: &mut Vec<u8>, data: &[u8]) {
+    let mut rest = data;
+    while let Some(i) = memchr::memchr(b'\n', rest) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"\ndata: ");
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
 }
 
 /// Append the OpenAI-shaped error event that ends a broken stream, then `[DONE]`.

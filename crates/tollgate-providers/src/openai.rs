@@ -284,17 +284,17 @@ fn write_without_null_usage(out: &mut Vec<u8>, data: &[u8]) {
         let end = i + b"\"usage\":null".len();
         // Remove the member together with one adjacent comma.
         if i > 0 && rest[i - 1] == b',' {
-            out.extend_from_slice(&rest[..i - 1]);
+            crate::write_data_lines(out, &rest[..i - 1]);
             rest = &rest[end..];
         } else if rest.get(end) == Some(&b',') {
-            out.extend_from_slice(&rest[..i]);
+            crate::write_data_lines(out, &rest[..i]);
             rest = &rest[end + 1..];
         } else {
-            out.extend_from_slice(&rest[..end]);
+            crate::write_data_lines(out, &rest[..end]);
             rest = &rest[end..];
         }
     }
-    out.extend_from_slice(rest);
+    crate::write_data_lines(out, rest);
     out.extend_from_slice(b"\n\n");
 }
 
@@ -387,6 +387,21 @@ mod tests {
                 assert_eq!(run(wants, split), whole, "split {split}");
             }
         }
+    }
+
+    #[test]
+    fn multi_line_data_stays_one_event() {
+        let mut s = OpenAiStream::new(&ctx(true));
+        let mut out = Vec::new();
+        s.feed(
+            b"data: x\ndata:\ndata: data: [DONE]\n\ndata: [DONE]\n\n",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: x\ndata: \ndata: data: [DONE]\n\ndata: [DONE]\n\n"
+        );
     }
 
     #[test]
