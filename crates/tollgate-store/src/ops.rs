@@ -1,0 +1,801 @@
+//! The store's queries, written once and compiled once per backend: this file is
+//! the `ops` module of both `sqlite.rs` and `postgres.rs`, where `super::Db` is the
+//! concrete sqlx database. Placeholders are `$N`, which SQLite accepts too; text
+//! columns compare bytewise on both (PostgreSQL columns use the "C" collation).
+
+use std::collections::HashMap;
+
+use sqlx::{Pool, Row, Transaction};
+
+use super::{begin_write, Db};
+use crate::validate::{from_json, to_json};
+use crate::{
+    now_ms, KeyPatch, KeyRecord, NewKey, NewTeam, Spend, StoreError, Team, TeamPatch, UsageQuery,
+    UsageRecord, UsageRow,
+};
+
+type Tx = Transaction<'static, Db>;
+type DbRow = <Db as sqlx::Database>::Row;
+
+const TEAM_COLS: &str =
+    "id, description, models, limits, budget, metadata, created_at, updated_at, version";
+
+const KEY_COLS: &str = "id, name, hash, prefix, team_id, models, limits, budget, disabled, \
+     expires_at, metadata, created_at, updated_at, rotated_at, version, deleted";
+
+const USAGE_COLS: &str = "request_id, ts_ms, key_id, key_name, team_id, model, provider, \
+     operation, status, stream, input_tokens, output_tokens, cached_tokens, cost_usd, \
+     latency_ms, ttft_ms, error";
+
+/// Columns in `USAGE_COLS`, i.e. bind parameters per ledger row.
+const USAGE_NCOLS: usize = 17;
+
+/// Ledger rows per INSERT: 1000 × 17 = 17,000 bind parameters, under SQLite's
+/// 32,766 and PostgreSQL's 65,535.
+const USAGE_CHUNK: usize = 1000;
+
+const _: () = assert!(USAGE_CHUNK * USAGE_NCOLS <= 32_766);
+
+/// The aggregate columns of a usage row. Sums are cast so both backends return
+/// BIGINT / DOUBLE PRECISION (PostgreSQL sums BIGINT into NUMERIC) and COALESCEd so
+/// an empty range gives zeros.
+const USAGE_AGGS: &str = "COUNT(*) AS requests, \
+     CAST(COALESCE(SUM(CASE WHEN status >= 400 OR status = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+     AS errors, \
+     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+     CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached_tokens, \
+     CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS cost_usd";
+
+pub(crate) async fn ping(pool: &Pool<Db>) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+pub(crate) async fn version(pool: &Pool<Db>) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar::<Db, i64>("SELECT v FROM state_version WHERE id = 1")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Bumps the change counter; the first statement of every team/key write.
+async fn bump(tx: &mut Tx) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar::<Db, i64>(
+            "UPDATE state_version SET v = v + 1 WHERE id = 1 RETURNING v",
+        )
+        .fetch_one(&mut **tx)
+        .await?,
+    )
+}
+
+async fn team_exists(tx: &mut Tx, id: &str) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM teams WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?
+            > 0,
+    )
+}
+
+fn opt_json<T: serde::de::DeserializeOwned>(
+    column: &str,
+    v: Option<String>,
+) -> Result<Option<T>, StoreError> {
+    v.map(|s| from_json(column, &s)).transpose()
+}
+
+fn opt_to_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
+    v.as_ref().map(to_json).transpose()
+}
+
+// ---------------------------------------------------------------- teams
+
+fn team_from_row(row: &DbRow) -> Result<Team, StoreError> {
+    Ok(Team {
+        id: row.try_get("id")?,
+        description: row.try_get("description")?,
+        models: opt_json("models", row.try_get("models")?)?,
+        limits: from_json("limits", row.try_get::<&str, _>("limits")?)?,
+        budget: from_json("budget", row.try_get::<&str, _>("budget")?)?,
+        metadata: from_json("metadata", row.try_get::<&str, _>("metadata")?)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+async fn fetch_team(tx: &mut Tx, id: &str) -> Result<Option<Team>, StoreError> {
+    let sql = format!("SELECT {TEAM_COLS} FROM teams WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
+    row.as_ref().map(team_from_row).transpose()
+}
+
+pub(crate) async fn create_team(pool: &Pool<Db>, t: &NewTeam) -> Result<Team, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let version = bump(&mut tx).await?;
+    let now = now_ms();
+    let team = Team {
+        id: t.id.clone(),
+        description: t.description.clone(),
+        models: t.models.clone(),
+        limits: t.limits.clone(),
+        budget: t.budget.clone(),
+        metadata: t.metadata.clone(),
+        created_at: now,
+        updated_at: now,
+        version,
+    };
+    let sql = format!(
+        "INSERT INTO teams ({TEAM_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO NOTHING"
+    );
+    let inserted = sqlx::query(&sql)
+        .bind(&team.id)
+        .bind(&team.description)
+        .bind(opt_to_json(&team.models)?)
+        .bind(to_json(&team.limits)?)
+        .bind(to_json(&team.budget)?)
+        .bind(to_json(&team.metadata)?)
+        .bind(team.created_at)
+        .bind(team.updated_at)
+        .bind(team.version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(format!(
+            "team {:?} already exists",
+            team.id
+        )));
+    }
+    tx.commit().await?;
+    Ok(team)
+}
+
+pub(crate) async fn list_teams(pool: &Pool<Db>) -> Result<Vec<Team>, StoreError> {
+    let sql = format!("SELECT {TEAM_COLS} FROM teams ORDER BY id");
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    rows.iter().map(team_from_row).collect()
+}
+
+pub(crate) async fn get_team(pool: &Pool<Db>, id: &str) -> Result<Option<Team>, StoreError> {
+    let sql = format!("SELECT {TEAM_COLS} FROM teams WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(team_from_row).transpose()
+}
+
+pub(crate) async fn update_team(
+    pool: &Pool<Db>,
+    id: &str,
+    p: &TeamPatch,
+) -> Result<Option<Team>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let version = bump(&mut tx).await?;
+    let Some(mut team) = fetch_team(&mut tx, id).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    if let Some(d) = &p.description {
+        team.description = d.clone();
+    }
+    if let Some(m) = &p.models {
+        team.models = m.clone();
+    }
+    if let Some(l) = &p.limits {
+        team.limits = l.clone();
+    }
+    if let Some(b) = &p.budget {
+        team.budget = b.clone();
+    }
+    if let Some(m) = &p.metadata {
+        team.metadata = m.clone();
+    }
+    team.updated_at = now_ms();
+    team.version = version;
+    sqlx::query(
+        "UPDATE teams SET description = $2, models = $3, limits = $4, budget = $5, \
+         metadata = $6, updated_at = $7, version = $8 WHERE id = $1",
+    )
+    .bind(&team.id)
+    .bind(&team.description)
+    .bind(opt_to_json(&team.models)?)
+    .bind(to_json(&team.limits)?)
+    .bind(to_json(&team.budget)?)
+    .bind(to_json(&team.metadata)?)
+    .bind(team.updated_at)
+    .bind(team.version)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(team))
+}
+
+pub(crate) async fn delete_team(pool: &Pool<Db>, id: &str) -> Result<bool, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    bump(&mut tx).await?;
+    let live = sqlx::query_scalar::<Db, i64>(
+        "SELECT COUNT(*) FROM client_keys WHERE team_id = $1 AND deleted = $2",
+    )
+    .bind(id)
+    .bind(false)
+    .fetch_one(&mut *tx)
+    .await?;
+    if live > 0 {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(format!(
+            "team {id:?} still has {live} live key(s)"
+        )));
+    }
+    // Tombstoned keys of the team lose their team_id (ON DELETE SET NULL).
+    let deleted = sqlx::query("DELETE FROM teams WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------- keys
+
+fn key_from_row(row: &DbRow) -> Result<KeyRecord, StoreError> {
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        hash: row.try_get("hash")?,
+        prefix: row.try_get("prefix")?,
+        team_id: row.try_get("team_id")?,
+        models: opt_json("models", row.try_get("models")?)?,
+        limits: from_json("limits", row.try_get::<&str, _>("limits")?)?,
+        budget: from_json("budget", row.try_get::<&str, _>("budget")?)?,
+        disabled: row.try_get("disabled")?,
+        expires_at: row.try_get("expires_at")?,
+        metadata: from_json("metadata", row.try_get::<&str, _>("metadata")?)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        rotated_at: row.try_get("rotated_at")?,
+        version: row.try_get("version")?,
+        deleted: row.try_get("deleted")?,
+    })
+}
+
+/// A live (non-deleted) key, inside a write transaction.
+async fn fetch_live_key(tx: &mut Tx, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let sql = format!("SELECT {KEY_COLS} FROM client_keys WHERE id = $1 AND deleted = $2");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(false)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+/// The id of the key (deleted or not) holding `hash`, if any.
+async fn key_with_hash(tx: &mut Tx, hash: &str) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar::<Db, String>("SELECT id FROM client_keys WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+/// Writes every mutable column of `k` (the row must exist).
+async fn write_key(tx: &mut Tx, k: &KeyRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE client_keys SET name = $2, hash = $3, prefix = $4, team_id = $5, models = $6, \
+         limits = $7, budget = $8, disabled = $9, expires_at = $10, metadata = $11, \
+         updated_at = $12, rotated_at = $13, version = $14, deleted = $15 WHERE id = $1",
+    )
+    .bind(&k.id)
+    .bind(&k.name)
+    .bind(&k.hash)
+    .bind(&k.prefix)
+    .bind(&k.team_id)
+    .bind(opt_to_json(&k.models)?)
+    .bind(to_json(&k.limits)?)
+    .bind(to_json(&k.budget)?)
+    .bind(k.disabled)
+    .bind(k.expires_at)
+    .bind(to_json(&k.metadata)?)
+    .bind(k.updated_at)
+    .bind(k.rotated_at)
+    .bind(k.version)
+    .bind(k.deleted)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn create_key(pool: &Pool<Db>, k: &NewKey) -> Result<KeyRecord, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let version = bump(&mut tx).await?;
+    // Writers are serialised from here on (bump), so these checks cannot race.
+    if let Some(team) = &k.team_id {
+        if !team_exists(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound(format!("team {team:?}")));
+        }
+    }
+    let id_taken = sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM client_keys WHERE id = $1")
+        .bind(&k.id)
+        .fetch_one(&mut *tx)
+        .await?
+        > 0;
+    if id_taken {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(format!(
+            "key id {:?} already exists",
+            k.id
+        )));
+    }
+    if key_with_hash(&mut tx, &k.hash).await?.is_some() {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(
+            "another key already has this hash".into(),
+        ));
+    }
+    let now = now_ms();
+    let key = KeyRecord {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        hash: k.hash.clone(),
+        prefix: k.prefix.clone(),
+        team_id: k.team_id.clone(),
+        models: k.models.clone(),
+        limits: k.limits.clone(),
+        budget: k.budget.clone(),
+        disabled: k.disabled,
+        expires_at: k.expires_at,
+        metadata: k.metadata.clone(),
+        created_at: now,
+        updated_at: now,
+        rotated_at: None,
+        version,
+        deleted: false,
+    };
+    let sql = format!(
+        "INSERT INTO client_keys ({KEY_COLS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    );
+    sqlx::query(&sql)
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.hash)
+        .bind(&key.prefix)
+        .bind(&key.team_id)
+        .bind(opt_to_json(&key.models)?)
+        .bind(to_json(&key.limits)?)
+        .bind(to_json(&key.budget)?)
+        .bind(key.disabled)
+        .bind(key.expires_at)
+        .bind(to_json(&key.metadata)?)
+        .bind(key.created_at)
+        .bind(key.updated_at)
+        .bind(key.rotated_at)
+        .bind(key.version)
+        .bind(key.deleted)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(key)
+}
+
+pub(crate) async fn list_keys(
+    pool: &Pool<Db>,
+    team_id: Option<&str>,
+) -> Result<Vec<KeyRecord>, StoreError> {
+    let rows = match team_id {
+        Some(team) => {
+            let sql = format!(
+                "SELECT {KEY_COLS} FROM client_keys WHERE deleted = $1 AND team_id = $2 \
+                 ORDER BY created_at, id"
+            );
+            sqlx::query(&sql)
+                .bind(false)
+                .bind(team)
+                .fetch_all(pool)
+                .await?
+        }
+        None => {
+            let sql = format!(
+                "SELECT {KEY_COLS} FROM client_keys WHERE deleted = $1 ORDER BY created_at, id"
+            );
+            sqlx::query(&sql).bind(false).fetch_all(pool).await?
+        }
+    };
+    rows.iter().map(key_from_row).collect()
+}
+
+pub(crate) async fn get_key(pool: &Pool<Db>, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let sql = format!("SELECT {KEY_COLS} FROM client_keys WHERE id = $1 AND deleted = $2");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(false)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+pub(crate) async fn update_key(
+    pool: &Pool<Db>,
+    id: &str,
+    p: &KeyPatch,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let version = bump(&mut tx).await?;
+    let Some(mut key) = fetch_live_key(&mut tx, id).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    if let Some(Some(team)) = &p.team_id {
+        if !team_exists(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound(format!("team {team:?}")));
+        }
+    }
+    if let Some(n) = &p.name {
+        key.name = n.clone();
+    }
+    if let Some(t) = &p.team_id {
+        key.team_id = t.clone();
+    }
+    if let Some(m) = &p.models {
+        key.models = m.clone();
+    }
+    if let Some(l) = &p.limits {
+        key.limits = l.clone();
+    }
+    if let Some(b) = &p.budget {
+        key.budget = b.clone();
+    }
+    if let Some(d) = p.disabled {
+        key.disabled = d;
+    }
+    if let Some(e) = p.expires_at {
+        key.expires_at = e;
+    }
+    if let Some(m) = &p.metadata {
+        key.metadata = m.clone();
+    }
+    key.updated_at = now_ms();
+    key.version = version;
+    write_key(&mut tx, &key).await?;
+    tx.commit().await?;
+    Ok(Some(key))
+}
+
+pub(crate) async fn rotate_key(
+    pool: &Pool<Db>,
+    id: &str,
+    new_hash: &str,
+    new_prefix: &str,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let version = bump(&mut tx).await?;
+    let Some(mut key) = fetch_live_key(&mut tx, id).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    if let Some(holder) = key_with_hash(&mut tx, new_hash).await? {
+        if holder != key.id {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(
+                "another key already has this hash".into(),
+            ));
+        }
+    }
+    let now = now_ms();
+    key.hash = new_hash.to_string();
+    key.prefix = new_prefix.to_string();
+    key.rotated_at = Some(now);
+    key.updated_at = now;
+    key.version = version;
+    write_key(&mut tx, &key).await?;
+    tx.commit().await?;
+    Ok(Some(key))
+}
+
+pub(crate) async fn delete_key(pool: &Pool<Db>, id: &str) -> Result<bool, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let version = bump(&mut tx).await?;
+    let n = sqlx::query(
+        "UPDATE client_keys SET deleted = $1, version = $2, updated_at = $3 \
+         WHERE id = $4 AND deleted = $5",
+    )
+    .bind(true)
+    .bind(version)
+    .bind(now_ms())
+    .bind(id)
+    .bind(false)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(crate) async fn changed_keys(
+    pool: &Pool<Db>,
+    since: i64,
+) -> Result<Vec<KeyRecord>, StoreError> {
+    let sql = format!("SELECT {KEY_COLS} FROM client_keys WHERE version > $1 ORDER BY version");
+    let rows = sqlx::query(&sql).bind(since).fetch_all(pool).await?;
+    rows.iter().map(key_from_row).collect()
+}
+
+// ---------------------------------------------------------------- usage ledger
+
+/// Token counts are stored as BIGINT; counts beyond `i64::MAX` saturate.
+fn tokens_to_db(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn tokens_from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn insert_usage_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(64 + rows * USAGE_NCOLS * 7);
+    sql.push_str("INSERT INTO usage_ledger (");
+    sql.push_str(USAGE_COLS);
+    sql.push_str(") VALUES ");
+    let mut n = 0;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..USAGE_NCOLS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+    sql
+}
+
+pub(crate) async fn insert_usage(
+    pool: &Pool<Db>,
+    batch: &[UsageRecord],
+) -> Result<u64, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let mut inserted = 0;
+    let full_sql = insert_usage_sql(USAGE_CHUNK.min(batch.len()));
+    for chunk in batch.chunks(USAGE_CHUNK) {
+        let tail_sql;
+        let sql = if chunk.len() == USAGE_CHUNK.min(batch.len()) {
+            &full_sql
+        } else {
+            tail_sql = insert_usage_sql(chunk.len());
+            &tail_sql
+        };
+        // Only the full-chunk statement is worth keeping in the statement cache.
+        let mut q = sqlx::query(sql).persistent(chunk.len() == USAGE_CHUNK);
+        for r in chunk {
+            q = q
+                .bind(r.request_id.as_str())
+                .bind(r.ts_ms)
+                .bind(r.key_id.as_str())
+                .bind(r.key_name.as_str())
+                .bind(r.team_id.as_deref())
+                .bind(r.model.as_str())
+                .bind(r.provider.as_str())
+                .bind(r.operation.as_str())
+                .bind(i32::from(r.status))
+                .bind(r.stream)
+                .bind(tokens_to_db(r.input_tokens))
+                .bind(tokens_to_db(r.output_tokens))
+                .bind(tokens_to_db(r.cached_tokens))
+                .bind(r.cost_usd)
+                .bind(r.latency_ms)
+                .bind(r.ttft_ms)
+                .bind(r.error.as_deref());
+        }
+        inserted += q.execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// ` WHERE …` for `q`'s range and filters, with placeholders from `$first`, and the
+/// string values to bind after `from_ms` and `to_ms`, in order.
+fn usage_where(q: &UsageQuery, first: usize) -> (String, Vec<String>) {
+    let mut sql = format!(" WHERE ts_ms >= ${} AND ts_ms < ${}", first, first + 1);
+    let mut binds = Vec::new();
+    let mut n = first + 2;
+    for (col, v) in [
+        ("key_id", &q.key_id),
+        ("team_id", &q.team_id),
+        ("model", &q.model),
+        ("provider", &q.provider),
+    ] {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ${n}"));
+            binds.push(v.clone());
+            n += 1;
+        }
+    }
+    (sql, binds)
+}
+
+fn usage_row_from_row(row: &DbRow, bucket: bool, group: bool) -> Result<UsageRow, StoreError> {
+    Ok(UsageRow {
+        bucket_ms: if bucket {
+            Some(row.try_get("bucket")?)
+        } else {
+            None
+        },
+        group: if group { row.try_get("grp")? } else { None },
+        requests: row.try_get("requests")?,
+        errors: row.try_get("errors")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cached_tokens: row.try_get("cached_tokens")?,
+        cost_usd: row.try_get("cost_usd")?,
+    })
+}
+
+/// Orders rows by bucket, then group (`None` first, then bytewise), the same on
+/// both backends.
+fn sort_rows(rows: &mut [UsageRow]) {
+    rows.sort_by(|a, b| (a.bucket_ms, &a.group).cmp(&(b.bucket_ms, &b.group)));
+}
+
+pub(crate) async fn usage_totals(
+    pool: &Pool<Db>,
+    q: &UsageQuery,
+) -> Result<Vec<UsageRow>, StoreError> {
+    let (filter, binds) = usage_where(q, 1);
+    let sql = match q.group_by {
+        Some(g) => format!(
+            "SELECT {col} AS grp, {USAGE_AGGS} FROM usage_ledger{filter} GROUP BY {col}",
+            col = g.column()
+        ),
+        None => format!("SELECT {USAGE_AGGS} FROM usage_ledger{filter}"),
+    };
+    let mut query = sqlx::query(&sql).bind(q.from_ms).bind(q.to_ms);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut out = rows
+        .iter()
+        .map(|r| usage_row_from_row(r, false, q.group_by.is_some()))
+        .collect::<Result<Vec<_>, _>>()?;
+    sort_rows(&mut out);
+    Ok(out)
+}
+
+pub(crate) async fn usage_series(
+    pool: &Pool<Db>,
+    q: &UsageQuery,
+    bucket_ms: i64,
+) -> Result<Vec<UsageRow>, StoreError> {
+    // floor(ts / b) * b, also for negative ts (SQL's % truncates toward zero).
+    let bucket = "(ts_ms - (((ts_ms % CAST($1 AS BIGINT)) + CAST($1 AS BIGINT)) \
+                  % CAST($1 AS BIGINT)))";
+    let (filter, binds) = usage_where(q, 2);
+    let sql = match q.group_by {
+        Some(g) => format!(
+            "SELECT {bucket} AS bucket, {col} AS grp, {USAGE_AGGS} FROM usage_ledger{filter} \
+             GROUP BY 1, 2",
+            col = g.column()
+        ),
+        None => {
+            format!("SELECT {bucket} AS bucket, {USAGE_AGGS} FROM usage_ledger{filter} GROUP BY 1")
+        }
+    };
+    let mut query = sqlx::query(&sql)
+        .bind(bucket_ms)
+        .bind(q.from_ms)
+        .bind(q.to_ms);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut out = rows
+        .iter()
+        .map(|r| usage_row_from_row(r, true, q.group_by.is_some()))
+        .collect::<Result<Vec<_>, _>>()?;
+    sort_rows(&mut out);
+    Ok(out)
+}
+
+fn usage_from_row(row: &DbRow) -> Result<UsageRecord, StoreError> {
+    Ok(UsageRecord {
+        ts_ms: row.try_get("ts_ms")?,
+        request_id: row.try_get("request_id")?,
+        key_id: row.try_get("key_id")?,
+        key_name: row.try_get("key_name")?,
+        team_id: row.try_get("team_id")?,
+        model: row.try_get("model")?,
+        provider: row.try_get("provider")?,
+        operation: row.try_get("operation")?,
+        status: u16::try_from(row.try_get::<i32, _>("status")?).unwrap_or(0),
+        stream: row.try_get("stream")?,
+        input_tokens: tokens_from_db(row.try_get("input_tokens")?),
+        output_tokens: tokens_from_db(row.try_get("output_tokens")?),
+        cached_tokens: tokens_from_db(row.try_get("cached_tokens")?),
+        cost_usd: row.try_get("cost_usd")?,
+        latency_ms: row.try_get("latency_ms")?,
+        ttft_ms: row.try_get("ttft_ms")?,
+        error: row.try_get("error")?,
+    })
+}
+
+pub(crate) async fn usage_records(
+    pool: &Pool<Db>,
+    q: &UsageQuery,
+    limit: i64,
+    after: Option<(i64, String)>,
+) -> Result<Vec<UsageRecord>, StoreError> {
+    let (mut sql, binds) = usage_where(q, 1);
+    let mut n = 3 + binds.len();
+    if after.is_some() {
+        sql.push_str(&format!(
+            " AND (ts_ms > ${n} OR (ts_ms = ${n} AND request_id > ${}))",
+            n + 1
+        ));
+        n += 2;
+    }
+    let sql =
+        format!("SELECT {USAGE_COLS} FROM usage_ledger{sql} ORDER BY ts_ms, request_id LIMIT ${n}");
+    let mut query = sqlx::query(&sql).bind(q.from_ms).bind(q.to_ms);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    if let Some((ts, id)) = &after {
+        query = query.bind(*ts).bind(id.as_str());
+    }
+    let rows = query.bind(limit).fetch_all(pool).await?;
+    rows.iter().map(usage_from_row).collect()
+}
+
+pub(crate) async fn spend_since(pool: &Pool<Db>, since_ms: i64) -> Result<Spend, StoreError> {
+    let rows = sqlx::query(
+        "SELECT key_id, team_id, CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS cost \
+         FROM usage_ledger WHERE ts_ms >= $1 GROUP BY key_id, team_id",
+    )
+    .bind(since_ms)
+    .fetch_all(pool)
+    .await?;
+    let mut by_key: HashMap<String, f64> = HashMap::new();
+    let mut by_team: HashMap<String, f64> = HashMap::new();
+    for row in &rows {
+        let key: String = row.try_get("key_id")?;
+        let team: Option<String> = row.try_get("team_id")?;
+        let cost: f64 = row.try_get("cost")?;
+        *by_key.entry(key).or_default() += cost;
+        if let Some(team) = team {
+            *by_team.entry(team).or_default() += cost;
+        }
+    }
+    Ok(Spend { by_key, by_team })
+}
+
+pub(crate) async fn usage_count(pool: &Pool<Db>) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM usage_ledger")
+            .fetch_one(pool)
+            .await?,
+    )
+}
