@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub use raw::ProviderKind;
 use tollgate_auth::KeyHash;
+pub use tollgate_limits::{Budget, Limits};
 
 /// One problem in a config file, with the path of the offending value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +87,59 @@ pub struct Config {
     pub keys: Vec<Key>,
     /// Gateway-wide limit settings.
     pub limits: LimitSettings,
+    /// Static teams by id.
+    pub teams: BTreeMap<String, Team>,
+    /// The database, if any (keys and teams managed at run time, usage ledger).
+    pub store: Option<StoreSettings>,
+    /// The admin API.
+    pub admin: AdminSettings,
+    /// The usage ledger's writer.
+    pub ledger: LedgerSettings,
+    /// The price table (`prices_file` overridden by `prices:`), by model name.
+    pub prices: BTreeMap<String, Pricing>,
+}
+
+/// A team: shared model access, limits and budget for its keys.
+#[derive(Clone, Debug)]
+pub struct Team {
+    /// Id (keys name it in `team:`).
+    pub id: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Models the team's keys may use (a key's own list narrows it further).
+    pub models: ModelAccess,
+    /// Limits shared by all the team's keys together.
+    pub limits: Limits,
+    /// Budget shared by all the team's keys together.
+    pub budget: Budget,
+}
+
+/// `store:`
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// `sqlite://path` (relative paths resolved against the config file's
+    /// directory) or `postgres://…`.
+    pub url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+/// `admin:`
+#[derive(Clone, Debug, Default)]
+pub struct AdminSettings {
+    /// The admin token's stored form; without it the admin API answers 403.
+    pub token_hash: Option<KeyHash>,
+}
+
+/// `ledger:`
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerSettings {
+    /// Records waiting to be written, at most.
+    pub queue_capacity: usize,
+    /// Records per database transaction, at most.
+    pub batch_size: usize,
+    /// Longest a record waits before its batch is written.
+    pub flush_interval: Duration,
 }
 
 /// `server:`
@@ -178,7 +232,7 @@ impl Pricing {
 }
 
 /// One place a model is served.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     /// Provider name.
     pub provider: String,
@@ -188,6 +242,9 @@ pub struct Target {
     pub weight: u32,
     /// Lower tiers are tried first.
     pub priority: u32,
+    /// Prices of what this target serves: the model's, else the price table's
+    /// entry for the upstream model.
+    pub pricing: Option<Pricing>,
 }
 
 /// A public model.
@@ -197,10 +254,12 @@ pub struct Model {
     pub name: String,
     /// Where it is served, only targets whose provider is enabled.
     pub targets: Vec<Target>,
-    /// Prices, if known.
+    /// Prices, if known: the model's own, else the price table's entry for its name.
     pub pricing: Option<Pricing>,
     /// Free text for the catalog.
     pub description: Option<String>,
+    /// Limits on the model across all keys.
+    pub limits: Limits,
 }
 
 /// Which models a key may use.
@@ -240,10 +299,10 @@ pub struct Key {
     pub disabled: bool,
     /// Refused after this Unix time (seconds).
     pub expires_at: Option<i64>,
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
+    /// Limits.
+    pub limits: Limits,
+    /// Budget.
+    pub budget: Budget,
 }
 
 /// `limits:`
@@ -251,6 +310,8 @@ pub struct Key {
 pub struct LimitSettings {
     /// Completion tokens to reserve when a request sets no `max_tokens`.
     pub default_completion_tokens: u64,
+    /// Limits on the whole gateway.
+    pub global: Limits,
 }
 
 impl Config {

@@ -20,6 +20,84 @@ pub(crate) struct ConfigFile {
     pub keys: Vec<KeySection>,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub teams: BTreeMap<String, TeamSection>,
+    #[serde(default)]
+    pub store: Option<StoreSection>,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+    #[serde(default)]
+    pub prices_file: Option<PathBuf>,
+    #[serde(default)]
+    pub prices: BTreeMap<String, PricingSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TeamSection {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: LimitSpecSection,
+    #[serde(default)]
+    pub budget: BudgetSection,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BudgetSection {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    pub soft_pct: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {
+    pub url: String,
+    #[serde(default = "default_store_connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminSection {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LedgerSection {
+    #[serde(default = "default_ledger_queue")]
+    pub queue_capacity: usize,
+    #[serde(default = "default_ledger_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_ledger_flush")]
+    pub flush_interval_ms: u64,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            queue_capacity: default_ledger_queue(),
+            batch_size: default_ledger_batch(),
+            flush_interval_ms: default_ledger_flush(),
+        }
+    }
+}
+
+/// The file named by `prices_file`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PricesFile {
+    pub prices: BTreeMap<String, PricingSection>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +232,8 @@ pub(crate) struct ModelSection {
     pub pricing: Option<PricingSection>,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
+    pub limits: LimitSpecSection,
 }
 
 #[derive(Deserialize)]
@@ -167,7 +247,7 @@ pub(crate) struct TargetSection {
     pub priority: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PricingSection {
     pub input_per_mtok: f64,
@@ -193,14 +273,20 @@ pub(crate) struct KeySection {
     #[serde(default)]
     pub expires_at: Option<String>,
     #[serde(default)]
-    pub limits: KeyLimitsSection,
+    pub limits: LimitSpecSection,
+    #[serde(default)]
+    pub budget: BudgetSection,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone, Copy)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeyLimitsSection {
+pub(crate) struct LimitSpecSection {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    pub tpd: Option<u64>,
+    pub concurrent: Option<u64>,
+    pub rpm_burst: Option<u64>,
+    pub tpm_burst: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -208,12 +294,15 @@ pub(crate) struct KeyLimitsSection {
 pub(crate) struct LimitsSection {
     #[serde(default = "default_completion_tokens")]
     pub default_completion_tokens: u64,
+    #[serde(default)]
+    pub global: LimitSpecSection,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             default_completion_tokens: default_completion_tokens(),
+            global: LimitSpecSection::default(),
         }
     }
 }
@@ -252,6 +341,18 @@ fn default_pid_file() -> PathBuf {
 }
 fn default_completion_tokens() -> u64 {
     1024
+}
+fn default_store_connections() -> u32 {
+    8
+}
+fn default_ledger_queue() -> usize {
+    65_536
+}
+fn default_ledger_batch() -> usize {
+    512
+}
+fn default_ledger_flush() -> u64 {
+    100
 }
 fn one() -> u32 {
     1

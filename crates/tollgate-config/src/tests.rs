@@ -68,7 +68,7 @@ fn good_config_loads() {
     assert_eq!(m.pricing.unwrap().cached_input_per_mtok, 2.5);
     assert_eq!(c.keys.len(), 2);
     assert_eq!(c.keys[0].hash, tollgate_auth::KeyHash::of("tg-dev-key-123"));
-    assert_eq!(c.keys[0].rpm, Some(60));
+    assert_eq!(c.keys[0].limits.rpm, Some(60));
     assert!(c.keys[0].expires_at.is_some());
     assert!(c.keys[0].models.allows("gpt-4o"));
     assert!(!c.keys[0].models.allows("gpt-4"));
@@ -177,4 +177,110 @@ fn shipped_example_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/tollgate.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     Config::from_yaml_with_env(&text, path.parent(), &|_| None).unwrap();
+}
+
+const POLICY: &str = r#"
+providers:
+  local:
+    kind: openai_compatible
+    base_url: http://127.0.0.1:4010/v1
+models:
+  gpt-4o:
+    targets: [{provider: local, model: gpt-4o-2024-08-06}, {provider: local, model: other}]
+    limits: {rpm: 1000, concurrent: 50}
+  mini:
+    targets: [{provider: local, model: gpt-4o-mini}]
+    pricing: {input_per_mtok: 9, output_per_mtok: 9}
+prices:
+  gpt-4o: {input_per_mtok: 2.5, output_per_mtok: 10, cached_input_per_mtok: 1.25}
+  other: {input_per_mtok: 1, output_per_mtok: 1}
+  gpt-4o-mini: {input_per_mtok: 0.15, output_per_mtok: 0.6}
+teams:
+  research:
+    models: [gpt-4o]
+    limits: {tpm: 100000, tpd: 5000000}
+    budget: {daily_usd: 10, monthly_usd: 200, soft_pct: 75}
+keys:
+  - name: a
+    key: tg-aaaaaaaa
+    team: research
+    limits: {rpm: 60, rpm_burst: 10, concurrent: 4}
+    budget: {monthly_usd: 5}
+limits:
+  global: {rpm: 100000}
+store: {url: "sqlite://data/t.db"}
+admin: {token: "an-admin-token-of-some-length"}
+ledger: {batch_size: 100}
+"#;
+
+#[test]
+fn policy_sections_load() {
+    let c = Config::from_yaml_with_env(POLICY, Some(Path::new("/etc/tg")), &env).unwrap();
+    let t = &c.teams["research"];
+    assert_eq!(t.limits.tpd, Some(5_000_000));
+    assert_eq!(t.budget.daily_usd, Some(10.0));
+    assert!(!t.models.allows("mini"));
+    let k = &c.keys[0];
+    assert_eq!(k.limits.rpm_burst, Some(10));
+    assert_eq!(k.limits.concurrent, Some(4));
+    assert_eq!(k.budget.monthly_usd, Some(5.0));
+    assert_eq!(c.limits.global.rpm, Some(100_000));
+    assert_eq!(c.models["gpt-4o"].limits.concurrent, Some(50));
+    // Prices: the table by public name wins over the upstream model's entry;
+    // a model's own pricing wins over the table.
+    let g = &c.models["gpt-4o"];
+    assert_eq!(g.targets[0].pricing.unwrap().input_per_mtok, 2.5);
+    assert_eq!(g.targets[1].pricing.unwrap().input_per_mtok, 2.5);
+    assert_eq!(
+        c.models["mini"].targets[0].pricing.unwrap().input_per_mtok,
+        9.0
+    );
+    assert_eq!(c.store.as_ref().unwrap().url, "sqlite:///etc/tg/data/t.db");
+    assert_eq!(
+        c.admin.token_hash,
+        Some(tollgate_auth::KeyHash::of("an-admin-token-of-some-length"))
+    );
+    assert_eq!(c.ledger.batch_size, 100);
+    assert_eq!(c.ledger.queue_capacity, 65_536);
+}
+
+#[test]
+fn policy_errors_have_paths() {
+    let bad = POLICY
+        .replace("rpm_burst: 10", "rpm_burst: 0")
+        .replace("soft_pct: 75", "soft_pct: 175")
+        .replace("models: [gpt-4o]", "models: [nope]")
+        .replace("sqlite://data/t.db", "mysql://x")
+        .replace("an-admin-token-of-some-length", "short");
+    let errs = load(&bad).unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    for p in [
+        "keys[0].limits.rpm_burst",
+        "teams.research.budget.soft_pct",
+        "teams.research.models[0]",
+        "store.url",
+        "admin.token",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+}
+
+#[test]
+fn shipped_price_table_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf");
+    let yaml = "prices_file: prices.yaml\n";
+    let c = Config::from_yaml_with_env(yaml, Some(&dir), &env).unwrap();
+    for m in [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "claude-sonnet-4-5",
+        "gemini-2.5-flash",
+    ] {
+        let p = c.prices[m];
+        assert!(
+            p.input_per_mtok > 0.0 && p.output_per_mtok > p.input_per_mtok,
+            "{m}"
+        );
+        assert!(p.cached_input_per_mtok < p.input_per_mtok, "{m}");
+    }
 }

@@ -9,9 +9,143 @@ use tollgate_auth::KeyHash;
 
 use crate::raw::{self, ConfigFile, ProviderKind};
 use crate::{
-    Config, ConfigError, ConfigErrors, Key, LimitSettings, Model, ModelAccess, Pricing, Provider,
-    ProviderTimeouts, Secret, Server, Target,
+    AdminSettings, Budget, Config, ConfigError, ConfigErrors, Key, LedgerSettings, LimitSettings,
+    Limits, Model, ModelAccess, Pricing, Provider, ProviderTimeouts, Secret, Server, StoreSettings,
+    Target, Team,
 };
+
+fn limits(errors: &mut Errors, path: &str, l: raw::LimitSpecSection) -> Limits {
+    for (field, v) in [
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("tpd", l.tpd),
+        ("concurrent", l.concurrent),
+        ("rpm_burst", l.rpm_burst),
+        ("tpm_burst", l.tpm_burst),
+    ] {
+        if v == Some(0) {
+            errors.push(
+                format!("{path}.limits.{field}"),
+                "must be at least 1 (omit it for no limit)",
+            );
+        }
+    }
+    if l.rpm_burst.is_some() && l.rpm.is_none() {
+        errors.push(format!("{path}.limits.rpm_burst"), "needs `rpm`");
+    }
+    if l.tpm_burst.is_some() && l.tpm.is_none() {
+        errors.push(format!("{path}.limits.tpm_burst"), "needs `tpm`");
+    }
+    Limits {
+        rpm: l.rpm,
+        tpm: l.tpm,
+        tpd: l.tpd,
+        concurrent: l.concurrent,
+        rpm_burst: l.rpm_burst,
+        tpm_burst: l.tpm_burst,
+    }
+}
+
+fn budget(errors: &mut Errors, path: &str, b: raw::BudgetSection) -> Budget {
+    for (field, v) in [("daily_usd", b.daily_usd), ("monthly_usd", b.monthly_usd)] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            errors.push(
+                format!("{path}.budget.{field}"),
+                "must be a non-negative number",
+            );
+        }
+    }
+    if b.soft_pct.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+        errors.push(
+            format!("{path}.budget.soft_pct"),
+            "must be between 0 and 100",
+        );
+    }
+    Budget {
+        daily_usd: b.daily_usd,
+        monthly_usd: b.monthly_usd,
+        soft_pct: b.soft_pct,
+    }
+}
+
+fn pricing(errors: &mut Errors, path: &str, p: raw::PricingSection) -> Pricing {
+    for (field, v) in [
+        ("input_per_mtok", p.input_per_mtok),
+        ("output_per_mtok", p.output_per_mtok),
+        (
+            "cached_input_per_mtok",
+            p.cached_input_per_mtok.unwrap_or(0.0),
+        ),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            errors.push(format!("{path}.{field}"), "must be a non-negative number");
+        }
+    }
+    Pricing {
+        input_per_mtok: p.input_per_mtok,
+        output_per_mtok: p.output_per_mtok,
+        cached_input_per_mtok: p.cached_input_per_mtok.unwrap_or(p.input_per_mtok),
+    }
+}
+
+fn model_access(
+    errors: &mut Errors,
+    path: &str,
+    list: Option<Vec<String>>,
+    known: &dyn Fn(&str) -> bool,
+) -> ModelAccess {
+    match list {
+        None => ModelAccess::All,
+        Some(list) if list.iter().any(|m| m == "*") => ModelAccess::All,
+        Some(list) => {
+            for (j, m) in list.iter().enumerate() {
+                if !m.ends_with('*') && !known(m) {
+                    errors.push(
+                        format!("{path}.models[{j}]"),
+                        format!("unknown model `{m}`"),
+                    );
+                }
+            }
+            ModelAccess::Only(list)
+        }
+    }
+}
+
+/// The price table: `prices_file`'s entries, overridden by `prices:`.
+fn price_table(
+    errors: &mut Errors,
+    file: Option<&Path>,
+    inline: BTreeMap<String, raw::PricingSection>,
+    base_dir: Option<&Path>,
+) -> BTreeMap<String, Pricing> {
+    let mut table = BTreeMap::new();
+    if let Some(f) = file {
+        let f = match base_dir {
+            Some(b) if f.is_relative() => b.join(f),
+            _ => f.to_path_buf(),
+        };
+        let parsed = std::fs::read_to_string(&f)
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))
+            .and_then(|text| {
+                serde_yaml::from_str::<raw::PricesFile>(&text)
+                    .map_err(|e| format!("{}: {e}", f.display()))
+            });
+        match parsed {
+            Ok(p) => {
+                for (name, p) in p.prices {
+                    let v = pricing(errors, &format!("prices_file:{name}"), p);
+                    table.insert(name, v);
+                }
+            }
+            Err(e) => errors.push("prices_file", e),
+        }
+    }
+    for (name, p) in inline {
+        let v = pricing(errors, &format!("prices.{name}"), p);
+        table.insert(name, v);
+    }
+    table
+}
 
 struct Errors(Vec<ConfigError>);
 
@@ -59,6 +193,12 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         }
     }
 
+    let prices = price_table(
+        &mut errors,
+        file.prices_file.as_deref(),
+        file.prices,
+        base_dir,
+    );
     let mut models = BTreeMap::new();
     let mut dropped_models = HashSet::new();
     for (name, m) in file.models {
@@ -70,6 +210,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             );
             continue;
         }
+        let own_pricing = m
+            .pricing
+            .map(|p| pricing(&mut errors, &format!("{path}.pricing"), p));
+        let model_pricing = own_pricing.or_else(|| prices.get(&name).copied());
         let mut targets = Vec::with_capacity(m.targets.len());
         for (i, t) in m.targets.into_iter().enumerate() {
             let tpath = format!("{path}.targets[{i}]");
@@ -89,11 +233,13 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 );
                 continue;
             }
+            let pricing = model_pricing.or_else(|| prices.get(&t.model).copied());
             targets.push(Target {
                 provider: t.provider,
                 model: t.model,
                 weight: t.weight,
                 priority: t.priority,
+                pricing,
             });
         }
         if targets.is_empty() {
@@ -101,35 +247,15 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             dropped_models.insert(name);
             continue;
         }
-        let pricing = m.pricing.map(|p| {
-            for (field, v) in [
-                ("input_per_mtok", p.input_per_mtok),
-                ("output_per_mtok", p.output_per_mtok),
-                (
-                    "cached_input_per_mtok",
-                    p.cached_input_per_mtok.unwrap_or(0.0),
-                ),
-            ] {
-                if !(v.is_finite() && v >= 0.0) {
-                    errors.push(
-                        format!("{path}.pricing.{field}"),
-                        "must be a non-negative number",
-                    );
-                }
-            }
-            Pricing {
-                input_per_mtok: p.input_per_mtok,
-                output_per_mtok: p.output_per_mtok,
-                cached_input_per_mtok: p.cached_input_per_mtok.unwrap_or(p.input_per_mtok),
-            }
-        });
+        let limits = limits(&mut errors, &path, m.limits);
         models.insert(
             name.clone(),
             Model {
                 name,
                 targets,
-                pricing,
+                pricing: model_pricing,
                 description: m.description,
+                limits,
             },
         );
     }
@@ -180,21 +306,8 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 errors.push(&path, "the same key is configured twice");
             }
         }
-        let models_access = match k.models {
-            None => ModelAccess::All,
-            Some(list) if list.iter().any(|m| m == "*") => ModelAccess::All,
-            Some(list) => {
-                for (j, m) in list.iter().enumerate() {
-                    if !m.ends_with('*') && !models.contains_key(m) && !dropped_models.contains(m) {
-                        errors.push(
-                            format!("{path}.models[{j}]"),
-                            format!("unknown model `{m}`"),
-                        );
-                    }
-                }
-                ModelAccess::Only(list)
-            }
-        };
+        let known = |m: &str| models.contains_key(m) || dropped_models.contains(m);
+        let models_access = model_access(&mut errors, &path, k.models, &known);
         let expires_at = k.expires_at.as_deref().and_then(|s| {
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                 Ok(t) => Some(t.unix_timestamp()),
@@ -207,14 +320,8 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 }
             }
         });
-        for (field, v) in [("rpm", k.limits.rpm), ("tpm", k.limits.tpm)] {
-            if v == Some(0) {
-                errors.push(
-                    format!("{path}.limits.{field}"),
-                    "must be at least 1 (omit it for no limit)",
-                );
-            }
-        }
+        let key_limits = limits(&mut errors, &path, k.limits);
+        let key_budget = budget(&mut errors, &path, k.budget);
         if let Some(hash) = hash {
             keys.push(Key {
                 name: k.name,
@@ -223,11 +330,92 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 models: models_access,
                 disabled: k.disabled,
                 expires_at,
-                rpm: k.limits.rpm,
-                tpm: k.limits.tpm,
+                limits: key_limits,
+                budget: key_budget,
             });
         }
     }
+
+    let mut teams = BTreeMap::new();
+    for (id, t) in file.teams {
+        let path = format!("teams.{id}");
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            errors.push(&path, "a team id is letters, digits, `-`, `_` and `.`");
+        }
+        let known = |m: &str| models.contains_key(m) || dropped_models.contains(m);
+        let team = Team {
+            id: id.clone(),
+            description: t.description,
+            models: model_access(&mut errors, &path, t.models, &known),
+            limits: limits(&mut errors, &path, t.limits),
+            budget: budget(&mut errors, &path, t.budget),
+        };
+        teams.insert(id, team);
+    }
+    let global = limits(&mut errors, "limits.global", file.limits.global);
+
+    let store = file.store.map(|s| {
+        let url = if let Some(p) = s.url.strip_prefix("sqlite://") {
+            let p = Path::new(p);
+            match base_dir {
+                Some(b) if p.is_relative() && !p.as_os_str().is_empty() => {
+                    format!("sqlite://{}", b.join(p).display())
+                }
+                _ => s.url.clone(),
+            }
+        } else if s.url.starts_with("postgres://") || s.url.starts_with("postgresql://") {
+            s.url.clone()
+        } else {
+            errors.push("store.url", "must start with `sqlite://` or `postgres://`");
+            s.url.clone()
+        };
+        if s.max_connections == 0 {
+            errors.push("store.max_connections", "must be at least 1");
+        }
+        StoreSettings {
+            url,
+            max_connections: s.max_connections,
+        }
+    });
+    let admin_token = match (file.admin.token, file.admin.token_hash) {
+        (Some(_), Some(_)) => {
+            errors.push("admin", "set either `token` or `token_hash`, not both");
+            None
+        }
+        (Some(t), None) if t.is_empty() => None,
+        (Some(t), None) if t.len() < 16 => {
+            errors.push(
+                "admin.token",
+                "an admin token must be at least 16 characters",
+            );
+            None
+        }
+        (Some(t), None) => Some(KeyHash::of(&t)),
+        (None, Some(h)) => match KeyHash::parse(&h) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                errors.push("admin.token_hash", e.to_string());
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let l = &file.ledger;
+    if l.queue_capacity == 0 || l.batch_size == 0 || l.flush_interval_ms == 0 {
+        errors.push(
+            "ledger",
+            "queue_capacity, batch_size and flush_interval_ms must be at least 1",
+        );
+    }
+    let ledger = LedgerSettings {
+        queue_capacity: l.queue_capacity,
+        batch_size: l.batch_size,
+        flush_interval: Duration::from_millis(l.flush_interval_ms),
+    };
 
     if file.limits.default_completion_tokens == 0 {
         errors.push("limits.default_completion_tokens", "must be at least 1");
@@ -245,7 +433,15 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         keys,
         limits: LimitSettings {
             default_completion_tokens: file.limits.default_completion_tokens,
+            global,
         },
+        teams,
+        store,
+        admin: AdminSettings {
+            token_hash: admin_token,
+        },
+        ledger,
+        prices,
     })
 }
 
