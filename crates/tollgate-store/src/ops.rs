@@ -71,16 +71,6 @@ async fn bump(tx: &mut Tx) -> Result<i64, StoreError> {
     )
 }
 
-async fn team_exists(tx: &mut Tx, id: &str) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM teams WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await?
-            > 0,
-    )
-}
-
 fn opt_json<T: serde::de::DeserializeOwned>(
     column: &str,
     v: Option<String>,
@@ -231,7 +221,7 @@ pub(crate) async fn delete_team(pool: &Pool<Db>, id: &str) -> Result<bool, Store
             "team {id:?} still has {live} live key(s)"
         )));
     }
-    // Tombstoned keys of the team lose their team_id (ON DELETE SET NULL).
+    // Tombstoned keys keep the team id they had: history, not a reference.
     let deleted = sqlx::query("DELETE FROM teams WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -320,12 +310,8 @@ pub(crate) async fn create_key(pool: &Pool<Db>, k: &NewKey) -> Result<KeyRecord,
     let mut tx = begin_write(pool).await?;
     let version = bump(&mut tx).await?;
     // Writers are serialised from here on (bump), so these checks cannot race.
-    if let Some(team) = &k.team_id {
-        if !team_exists(&mut tx, team).await? {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("team {team:?}")));
-        }
-    }
+    // `team_id` is not checked here: a key may belong to a team defined in the
+    // gateway's config file, which the store never sees (the admin API checks both).
     let id_taken = sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM client_keys WHERE id = $1")
         .bind(&k.id)
         .fetch_one(&mut *tx)
@@ -437,12 +423,6 @@ pub(crate) async fn update_key(
         tx.rollback().await?;
         return Ok(None);
     };
-    if let Some(Some(team)) = &p.team_id {
-        if !team_exists(&mut tx, team).await? {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("team {team:?}")));
-        }
-    }
     if let Some(n) = &p.name {
         key.name = n.clone();
     }
@@ -573,23 +553,27 @@ fn insert_usage_sql(rows: usize) -> String {
     sql
 }
 
+/// Statement sizes a batch is cut into, largest first. Every size is a
+/// persistent (cached) prepared statement, so no batch re-prepares: preparing a
+/// statement with thousands of placeholders costs more than the insert itself.
+const USAGE_SIZES: [usize; 4] = [USAGE_CHUNK, 128, 16, 1];
+
 pub(crate) async fn insert_usage(
     pool: &Pool<Db>,
     batch: &[UsageRecord],
 ) -> Result<u64, StoreError> {
     let mut tx = begin_write(pool).await?;
     let mut inserted = 0;
-    let full_sql = insert_usage_sql(USAGE_CHUNK.min(batch.len()));
-    for chunk in batch.chunks(USAGE_CHUNK) {
-        let tail_sql;
-        let sql = if chunk.len() == USAGE_CHUNK.min(batch.len()) {
-            &full_sql
-        } else {
-            tail_sql = insert_usage_sql(chunk.len());
-            &tail_sql
-        };
-        // Only the full-chunk statement is worth keeping in the statement cache.
-        let mut q = sqlx::query(sql).persistent(chunk.len() == USAGE_CHUNK);
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let n = USAGE_SIZES
+            .into_iter()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let sql = usage_insert_sql(n);
+        let mut q = sqlx::query(sql).persistent(true);
         for r in chunk {
             q = q
                 .bind(r.request_id.as_str())
@@ -614,6 +598,19 @@ pub(crate) async fn insert_usage(
     }
     tx.commit().await?;
     Ok(inserted)
+}
+
+/// The INSERT text for `n` rows, built once per size.
+fn usage_insert_sql(n: usize) -> &'static str {
+    use std::sync::OnceLock;
+    static SQL: [OnceLock<String>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let i = USAGE_SIZES.iter().position(|&s| s == n).unwrap_or(3);
+    SQL[i].get_or_init(|| insert_usage_sql(USAGE_SIZES[i]))
 }
 
 /// ` WHERE …` for `q`'s range and filters, with placeholders from `$first`, and the

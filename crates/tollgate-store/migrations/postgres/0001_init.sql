@@ -28,7 +28,7 @@ CREATE TABLE client_keys (
     name        TEXT NOT NULL,
     hash        TEXT COLLATE "C" NOT NULL UNIQUE,
     prefix      TEXT NOT NULL,
-    team_id     TEXT COLLATE "C" REFERENCES teams (id) ON DELETE SET NULL,
+    team_id     TEXT COLLATE "C",
     models      TEXT,
     limits      TEXT NOT NULL,
     budget      TEXT NOT NULL,

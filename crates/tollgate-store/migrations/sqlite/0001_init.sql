@@ -26,7 +26,7 @@ CREATE TABLE client_keys (
     name        TEXT NOT NULL,
     hash        TEXT NOT NULL UNIQUE,
     prefix      TEXT NOT NULL,
-    team_id     TEXT REFERENCES teams (id) ON DELETE SET NULL,
+    team_id     TEXT,
     models      TEXT,
     limits      TEXT NOT NULL,
     budget      TEXT NOT NULL,
