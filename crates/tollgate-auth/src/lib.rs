@@ -59,6 +59,18 @@ impl KeyHash {
         Ok(KeyHash(out))
     }
 
+    /// Parse the bare 64 hex digits (the database's form).
+    pub fn from_hex(hex_part: &str) -> Result<KeyHash, HashParseError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| HashParseError::Digest)?;
+        Ok(KeyHash(out))
+    }
+
+    /// The bare 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// Raw digest bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
@@ -76,9 +88,10 @@ pub fn generate_key() -> String {
     format!("tg-{}", hex::encode(bytes))
 }
 
-/// The key to show for display: its first characters only.
+/// The key to show for display: its first characters only (`tg-` and 8 hex
+/// digits: 32 bits, too few to guess the rest from, enough to tell keys apart).
 pub fn display_prefix(key: &str) -> String {
-    key.chars().take(7).collect()
+    key.chars().take(11).collect()
 }
 
 /// Extract the presented key from `Authorization: Bearer …` or `api-key: …`.
@@ -105,6 +118,14 @@ pub struct KeyStore<T> {
     by_hash: HashMap<KeyHash, (KeyHash, Arc<T>)>,
 }
 
+impl<T> Clone for KeyStore<T> {
+    fn clone(&self) -> Self {
+        KeyStore {
+            by_hash: self.by_hash.clone(),
+        }
+    }
+}
+
 impl<T> Default for KeyStore<T> {
     fn default() -> Self {
         KeyStore {
@@ -128,6 +149,21 @@ impl<T> KeyStore<T> {
         }
         self.by_hash.insert(hash, (hash, value));
         true
+    }
+
+    /// Remove a key by its digest.
+    pub fn remove(&mut self, hash: &KeyHash) -> Option<Arc<T>> {
+        self.by_hash.remove(hash).map(|(_, v)| v)
+    }
+
+    /// Replace (or add) a key.
+    pub fn upsert(&mut self, hash: KeyHash, value: Arc<T>) {
+        self.by_hash.insert(hash, (hash, value));
+    }
+
+    /// The entry stored under a digest.
+    pub fn get(&self, hash: &KeyHash) -> Option<&Arc<T>> {
+        self.by_hash.get(hash).map(|(_, v)| v)
     }
 
     /// Look up a presented key.
