@@ -33,6 +33,15 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     overhead: Histogram,
     in_flight: IntGauge,
+    budget_spend: prometheus::GaugeVec,
+    budget_remaining: prometheus::GaugeVec,
+    budget_soft: prometheus::IntGaugeVec,
+    ledger_queued: IntGauge,
+    ledger_written: prometheus::IntCounter,
+    ledger_dropped: prometheus::IntCounter,
+    ledger_failures: prometheus::IntCounter,
+    policy_keys: IntGauge,
+    policy_sync_errors: prometheus::IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -170,6 +179,87 @@ impl Metrics {
             IntGauge::new("tollgate_requests_in_flight", "Requests being processed.")
                 .expect("metric"),
         );
+        let budget_spend = reg(
+            &r,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "tollgate_budget_spend_usd",
+                    "Spend in the current budget period, for teams and for keys with a budget.",
+                ),
+                &["scope", "id", "period"],
+            )
+            .expect("metric"),
+        );
+        let budget_remaining = reg(
+            &r,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "tollgate_budget_remaining_usd",
+                    "What is left of a budget in the current period.",
+                ),
+                &["scope", "id", "period"],
+            )
+            .expect("metric"),
+        );
+        let budget_soft = reg(
+            &r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_budget_soft_limit_reached",
+                    "1 once spend passed the budget's soft threshold (soft_pct) in either period.",
+                ),
+                &["scope", "id"],
+            )
+            .expect("metric"),
+        );
+        let ledger_queued = reg(
+            &r,
+            IntGauge::new(
+                "tollgate_ledger_queued_records",
+                "Usage records waiting to be written to the store.",
+            )
+            .expect("metric"),
+        );
+        let ledger_written = reg(
+            &r,
+            prometheus::IntCounter::new(
+                "tollgate_ledger_written_records_total",
+                "Usage records committed to the store.",
+            )
+            .expect("metric"),
+        );
+        let ledger_dropped = reg(
+            &r,
+            prometheus::IntCounter::new(
+                "tollgate_ledger_dropped_records_total",
+                "Usage records dropped because the ledger queue was full (each is also logged).",
+            )
+            .expect("metric"),
+        );
+        let ledger_failures = reg(
+            &r,
+            prometheus::IntCounter::new(
+                "tollgate_ledger_write_failures_total",
+                "Failed ledger batch writes (each batch is retried).",
+            )
+            .expect("metric"),
+        );
+        let policy_keys = reg(
+            &r,
+            IntGauge::new(
+                "tollgate_keys",
+                "Client keys loaded (config file and store).",
+            )
+            .expect("metric"),
+        );
+        let policy_sync_errors = reg(
+            &r,
+            prometheus::IntCounter::new(
+                "tollgate_policy_sync_errors_total",
+                "Failed polls of the store for key and team changes.",
+            )
+            .expect("metric"),
+        );
         let build = reg(&r, IntGaugeVecHelper::build_info());
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
@@ -184,6 +274,15 @@ impl Metrics {
             upstream_errors,
             overhead,
             in_flight,
+            budget_spend,
+            budget_remaining,
+            budget_soft,
+            ledger_queued,
+            ledger_written,
+            ledger_dropped,
+            ledger_failures,
+            policy_keys,
+            policy_sync_errors,
         }
     }
 
@@ -250,6 +349,61 @@ impl Metrics {
     /// The in-flight gauge.
     pub fn in_flight(&self) -> &IntGauge {
         &self.in_flight
+    }
+
+    /// Publish a budget's state (`scope` is `key` or `team`; `None` = no cap for that period).
+    #[allow(clippy::too_many_arguments)]
+    pub fn budget(
+        &self,
+        scope: &str,
+        id: &str,
+        day: (f64, Option<f64>),
+        month: (f64, Option<f64>),
+        soft_reached: bool,
+    ) {
+        for (period, (spent, remaining)) in [("daily", day), ("monthly", month)] {
+            self.budget_spend
+                .with_label_values(&[scope, id, period])
+                .set(spent);
+            if let Some(r) = remaining {
+                self.budget_remaining
+                    .with_label_values(&[scope, id, period])
+                    .set(r);
+            }
+        }
+        self.budget_soft
+            .with_label_values(&[scope, id])
+            .set(i64::from(soft_reached));
+    }
+
+    /// Records waiting for the ledger writer.
+    pub fn ledger_queued(&self) -> &IntGauge {
+        &self.ledger_queued
+    }
+
+    /// Records written by the ledger.
+    pub fn ledger_written(&self) -> &prometheus::IntCounter {
+        &self.ledger_written
+    }
+
+    /// Records the ledger had to drop.
+    pub fn ledger_dropped(&self) -> &prometheus::IntCounter {
+        &self.ledger_dropped
+    }
+
+    /// Failed ledger writes.
+    pub fn ledger_failures(&self) -> &prometheus::IntCounter {
+        &self.ledger_failures
+    }
+
+    /// Keys loaded.
+    pub fn policy_keys(&self) -> &IntGauge {
+        &self.policy_keys
+    }
+
+    /// Failed store polls.
+    pub fn policy_sync_errors(&self) -> &prometheus::IntCounter {
+        &self.policy_sync_errors
     }
 }
 

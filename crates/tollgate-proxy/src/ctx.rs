@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_limits::Admission;
+use tollgate_limits::{Admission, Layers};
 use tollgate_schema::Usage;
 
-use crate::snapshot::{KeyEntry, ModelEntry, Snapshot, TargetEntry};
+use crate::policy::{KeyEntry, TeamEntry};
+use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 
 /// Which API a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -46,6 +47,12 @@ pub struct RequestCtx {
     pub op: Operation,
     /// The authenticated key.
     pub key: Option<Arc<KeyEntry>>,
+    /// The key's team, if it names one that exists.
+    pub team: Option<Arc<TeamEntry>>,
+    /// The limit layers this request passed (or is reported against).
+    pub layers: Layers,
+    /// Dollars reserved against the key's and team's budgets.
+    pub budget_reserved: Option<f64>,
     /// The public model.
     pub model: Option<Arc<ModelEntry>>,
     /// The chosen target.
@@ -74,6 +81,9 @@ impl Default for RequestCtx {
             snapshot: None,
             op: Operation::None,
             key: None,
+            team: None,
+            layers: Layers::default(),
+            budget_reserved: None,
             model: None,
             target: None,
             stream: false,

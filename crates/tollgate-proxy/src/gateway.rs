@@ -12,26 +12,29 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType as PErr, Result};
 use tollgate_metrics::Metrics;
 use tollgate_schema::ApiError;
+use tollgate_store::UsageRecord;
 
+use crate::app::App;
 use crate::ctx::{Operation, RequestCtx};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::policy::KeyEntry;
+use crate::snapshot::Snapshot;
 use crate::steps::{self, Parsed, Stop};
 use crate::{exchange, respond};
 
 /// The gateway's data plane.
 pub struct Gateway {
-    state: SharedSnapshot,
+    app: Arc<App>,
     connector: Connector,
     metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    /// A gateway over a shared snapshot.
-    pub fn new(state: SharedSnapshot, metrics: Arc<Metrics>) -> Gateway {
+    /// The data plane of an app.
+    pub fn new(app: Arc<App>) -> Gateway {
         Gateway {
-            state,
+            metrics: app.metrics.clone(),
+            app,
             connector: Connector::new(None),
-            metrics,
         }
     }
 
@@ -46,24 +49,49 @@ impl Gateway {
             session.req_header().uri.path(),
         )?;
         ctx.op = op;
-        let key = steps::authenticate(snap, session)?;
+        let policy = self.app.policy.load();
+        let key = steps::authenticate(&policy, session)?;
+        let team = policy.team_of(&key).cloned();
+        drop(policy);
+        ctx.layers = steps::layers(&key, team.as_deref(), None, snap);
         ctx.key = Some(key.clone());
+        ctx.team = team.clone();
 
         if op == Operation::Models {
-            let body = models_body(snap, &key, model_id.as_deref())?;
+            let body = models_body(snap, &key, team.as_deref(), model_id.as_deref())?;
             respond::json(session, ctx, 200, body).await?;
             return Ok(());
         }
 
         let body = steps::read_body(session, snap.max_body_bytes).await?;
         let parsed = Parsed::parse(op, &body)?;
-        let model = steps::authorize(snap, &key, parsed.model())?;
+        let model = steps::authorize(snap, &key, team.as_deref(), parsed.model())?;
         ctx.model = Some(model.clone());
+        ctx.layers = steps::layers(&key, team.as_deref(), Some(&model), snap);
         let estimate = parsed.estimate_tokens(snap.default_completion_tokens);
-        match steps::admit(&key, estimate, Instant::now()) {
+        match steps::admit(
+            &ctx.layers,
+            &key,
+            team.as_deref(),
+            &model.name,
+            estimate,
+            Instant::now(),
+        ) {
             Ok(a) => ctx.admission = Some(a),
-            Err((stop, limit)) => {
-                self.metrics.rate_limited("key", limit.as_str());
+            Err(refused) => {
+                let (stop, r) = *refused;
+                self.metrics.rate_limited(r.layer.as_str(), r.kind.as_str());
+                return Err(stop);
+            }
+        }
+        let cost_estimate = model.pricing.map_or(0.0, |p| {
+            let prompt = parsed.estimate_prompt_tokens();
+            p.cost(prompt, 0, estimate.saturating_sub(prompt))
+        });
+        match steps::reserve_budget(&key, team.as_deref(), cost_estimate, steps::unix_now()) {
+            Ok(()) => ctx.budget_reserved = Some(cost_estimate),
+            Err((stop, scope)) => {
+                self.metrics.rate_limited(scope, "budget");
                 return Err(stop);
             }
         }
@@ -84,20 +112,22 @@ impl Gateway {
 
 fn models_body(
     snap: &Snapshot,
-    key: &crate::snapshot::KeyEntry,
+    key: &KeyEntry,
+    team: Option<&crate::policy::TeamEntry>,
     id: Option<&str>,
 ) -> Result<Bytes, ApiError> {
+    let allows = |m: &str| key.models.allows(m) && team.is_none_or(|t| t.models.allows(m));
     let entry = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
     let v = match id {
         Some(id) => {
-            if !snap.models.contains_key(id) || !key.models.allows(id) {
+            if !snap.models.contains_key(id) || !allows(id) {
                 return Err(ApiError::model_not_found(id));
             }
             entry(id)
         }
         None => serde_json::json!({
             "object": "list",
-            "data": snap.model_names.iter().filter(|m| key.models.allows(m)).map(|m| entry(m)).collect::<Vec<_>>(),
+            "data": snap.model_names.iter().filter(|m| allows(m)).map(|m| entry(m)).collect::<Vec<_>>(),
         }),
     };
     serde_json::to_vec(&v)
@@ -117,7 +147,7 @@ impl ProxyHttp for Gateway {
     /// body must be read whole before the target can be known.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.in_flight().inc();
-        let snap = self.state.load_full();
+        let snap = self.app.snapshot.load_full();
         session.set_read_timeout(Some(snap.client_read_timeout));
         session.set_write_timeout(Some(snap.client_write_timeout));
         ctx.snapshot = Some(snap.clone());
@@ -203,14 +233,15 @@ impl ProxyHttp for Gateway {
         self.metrics.in_flight().dec();
         let now = Instant::now();
         let elapsed = now.duration_since(ctx.start);
-        if let (Some(key), Some(adm)) = (&ctx.key, &ctx.admission) {
-            match &ctx.usage {
-                Some(u) => key.limiter.settle(adm.reserved, u.total(), now),
+        if let Some(adm) = &ctx.admission {
+            let actual = match &ctx.usage {
+                Some(u) => Some(u.total()),
                 // A response that failed before any token was generated costs nothing.
-                None if ctx.status != 200 => key.limiter.settle(adm.reserved, 0, now),
+                None if ctx.status != 200 => Some(0),
                 // A stream cut before its usage arrived keeps its reservation.
-                None => {}
-            }
+                None => None,
+            };
+            ctx.layers.finish(adm, actual, now);
         }
         let model = ctx.model.as_ref().map_or("", |m| m.name.as_str());
         let provider = ctx.target.as_ref().map_or("", |t| t.provider.name.as_str());
@@ -230,7 +261,7 @@ impl ProxyHttp for Gateway {
                 tm.tokens_input.inc_by(u.prompt_tokens);
                 tm.tokens_output.inc_by(u.completion_tokens);
                 tm.tokens_cached.inc_by(u.cached_tokens);
-                if let Some(p) = ctx.model.as_ref().and_then(|m| m.pricing) {
+                if let Some(p) = t.pricing {
                     cost = p.cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
                     tm.cost.inc_by(cost);
                 }
@@ -250,6 +281,7 @@ impl ProxyHttp for Gateway {
         };
         self.metrics
             .request(ctx.op.as_str(), model, provider, status);
+        self.account(ctx, model, provider, status, cost, elapsed);
         if ctx.snapshot.as_ref().is_some_and(|s| s.access_log) {
             let line = serde_json::json!({
                 "request_id": ctx.request_id,
@@ -271,4 +303,79 @@ impl ProxyHttp for Gateway {
             log::info!(target: "tollgate::access", "{line}");
         }
     }
+}
+
+impl Gateway {
+    /// Budgets and the usage ledger: every request that reached the model step
+    /// leaves one record, whatever its outcome.
+    fn account(
+        &self,
+        ctx: &RequestCtx,
+        model: &str,
+        provider: &str,
+        status: u16,
+        cost: f64,
+        elapsed: std::time::Duration,
+    ) {
+        let (Some(key), Some(_)) = (&ctx.key, &ctx.model) else {
+            return;
+        };
+        let unix = steps::unix_now();
+        if let Some(reserved) = ctx.budget_reserved {
+            key.budget.settle(reserved, cost, unix);
+            if let Some(t) = &ctx.team {
+                t.budget.settle(reserved, cost, unix);
+            }
+        }
+        for (scope, id, tracker) in [
+            ("key", key.id.as_str(), Some(&key.budget)),
+            (
+                "team",
+                ctx.team.as_ref().map_or("", |t| t.id.as_str()),
+                ctx.team.as_ref().map(|t| &t.budget),
+            ),
+        ] {
+            // Teams always; keys only when they have a budget (bounded label cardinality).
+            let Some(tracker) = tracker else { continue };
+            let s = tracker.status(unix);
+            if scope == "key" && s.budget.is_unlimited() {
+                continue;
+            }
+            self.metrics.budget(
+                scope,
+                id,
+                (s.day_spent, s.day_remaining()),
+                (s.month_spent, s.month_remaining()),
+                s.soft_reached(),
+            );
+        }
+        if let Some(ledger) = &self.app.ledger {
+            let u = ctx.usage.unwrap_or_default();
+            ledger.record(UsageRecord {
+                ts_ms: unix_ms(),
+                request_id: ctx.request_id.clone(),
+                key_id: key.id.clone(),
+                key_name: key.name.clone(),
+                team_id: key.team.clone(),
+                model: model.to_string(),
+                provider: provider.to_string(),
+                operation: ctx.op.as_str().to_string(),
+                status,
+                stream: ctx.stream,
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+                cached_tokens: u.cached_tokens,
+                cost_usd: cost,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+                error: ctx.error_kind.map(str::to_string),
+            });
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

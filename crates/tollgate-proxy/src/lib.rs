@@ -6,7 +6,9 @@
 //! 1. `request_filter` runs the named steps in order — [`steps::route`]
 //!    (endpoint), [`steps::authenticate`] (key → principal), read and parse the
 //!    body once, [`steps::authorize`] (model access), [`steps::admit`] (token
-//!    buckets, reserving estimated tokens), [`steps::choose_target`] (what
+//!    buckets and concurrency caps of the key, team, model and global layers,
+//!    reserving estimated tokens), [`steps::reserve_budget`] (USD budgets of
+//!    key and team), [`steps::choose_target`] (what
 //!    `upstream_peer` decides in a plain proxy), [`steps::rewrite_request`]
 //!    (provider translation) — then drives the upstream exchange itself
 //!    ([`exchange`]), rewriting the response or stream chunk by chunk
@@ -14,15 +16,24 @@
 //!    `Ok(true)`: Pingora's own upstream phase is skipped, because Pingora can
 //!    only forward a body it has consumed from a 64 KiB retry buffer
 //!    (ADR 0001).
-//! 2. `logging` is the accounting step: token reconciliation, metrics, access log.
+//! 2. `logging` is the accounting step: token and budget reconciliation,
+//!    metrics, access log, and one usage record queued for the [`ledger`].
+//!
+//! Keys and teams come from the [`policy`], which a background task keeps in
+//! step with the store; the hot path never waits on the database.
 
+pub mod app;
 pub mod ctx;
 pub mod exchange;
 pub mod gateway;
+pub mod ledger;
+pub mod policy;
 pub mod respond;
 pub mod snapshot;
 pub mod steps;
 
+pub use app::{App, AppError};
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
-pub use snapshot::{LimiterRegistry, SharedSnapshot, Snapshot};
+pub use policy::{Policy, Registry, SharedPolicy};
+pub use snapshot::{SharedSnapshot, Snapshot};

@@ -30,21 +30,42 @@ pub fn header(
     Ok(h)
 }
 
-/// OpenAI's `x-ratelimit-*` headers from the key's buckets.
+/// OpenAI's `x-ratelimit-*` headers, from the binding layer of each kind
+/// (named in `x-ratelimit-scope-*`). Keys without limits get none.
 pub fn rate_limit_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    let adm: Admission = match (&ctx.admission, &ctx.key) {
-        (Some(a), _) => *a,
-        (None, Some(k)) => k.limiter.status(Instant::now()),
-        (None, None) => return Ok(()),
+    let adm: Admission = match &ctx.admission {
+        Some(a) => *a,
+        None if !ctx.layers.is_empty() => ctx.layers.status(Instant::now()),
+        None => return Ok(()),
     };
     let mut s = String::with_capacity(16);
-    for (status, kind) in [(adm.requests, "requests"), (adm.tokens, "tokens")] {
-        if let Some(st) = status {
-            h.insert_header(format!("x-ratelimit-limit-{kind}"), st.limit)?;
-            h.insert_header(format!("x-ratelimit-remaining-{kind}"), st.remaining)?;
+    for (status, names) in [
+        (
+            adm.requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+                "x-ratelimit-scope-requests",
+            ],
+        ),
+        (
+            adm.tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+                "x-ratelimit-scope-tokens",
+            ],
+        ),
+    ] {
+        if let Some((layer, st)) = status {
+            h.insert_header(names[0], st.limit)?;
+            h.insert_header(names[1], st.remaining)?;
             s.clear();
             format_reset(st.reset, &mut s);
-            h.insert_header(format!("x-ratelimit-reset-{kind}"), s.as_str())?;
+            h.insert_header(names[2], s.as_str())?;
+            h.insert_header(names[3], layer.as_str())?;
         }
     }
     Ok(())

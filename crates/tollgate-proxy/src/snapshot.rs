@@ -10,22 +10,21 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
-use parking_lot::Mutex;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use tollgate_auth::{KeyHash, KeyStore};
-use tollgate_config::{Config, ModelAccess, Pricing, ProviderKind, ProviderTimeouts};
-use tollgate_limits::{KeyLimiter, KeyLimits};
+use tollgate_config::{Config, Pricing, ProviderKind, ProviderTimeouts};
+use tollgate_limits::LimitSet;
 use tollgate_metrics::{Metrics, TargetMetrics};
 use tollgate_router::Route;
+
+use crate::policy::Registry;
 
 /// The current snapshot, shared by every worker.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
-/// Everything a request needs, immutable.
+/// Everything a request needs from the config file, immutable. (Keys and
+/// teams are in the [`crate::policy::Policy`], which changes more often.)
 pub struct Snapshot {
-    /// Client keys.
-    pub keys: KeyStore<KeyEntry>,
     /// Public models.
     pub models: HashMap<String, Arc<ModelEntry>>,
     /// Model names in order, for `/v1/models`.
@@ -42,23 +41,8 @@ pub struct Snapshot {
     pub client_write_timeout: Duration,
     /// Write access-log lines.
     pub access_log: bool,
-}
-
-/// A client key and what it may do.
-#[derive(Debug)]
-pub struct KeyEntry {
-    /// Display name.
-    pub name: String,
-    /// Team.
-    pub team: Option<String>,
-    /// Allowed models.
-    pub models: ModelAccess,
-    /// Disabled keys are refused.
-    pub disabled: bool,
-    /// Unix seconds after which the key is refused.
-    pub expires_at: Option<i64>,
-    /// Rate limits, shared across reloads while they are unchanged.
-    pub limiter: Arc<KeyLimiter>,
+    /// Limits on the whole gateway.
+    pub global_limits: Arc<LimitSet>,
 }
 
 /// A public model.
@@ -67,8 +51,10 @@ pub struct ModelEntry {
     pub name: String,
     /// Targets by tier.
     pub route: Route<Arc<TargetEntry>>,
-    /// Prices.
+    /// Prices (for the budget estimate; the cost uses the target's).
     pub pricing: Option<Pricing>,
+    /// Limits on the model across all keys.
+    pub limits: Arc<LimitSet>,
 }
 
 /// One (provider, upstream model) a model can go to.
@@ -79,6 +65,8 @@ pub struct TargetEntry {
     pub upstream_model: String,
     /// Metric handles for (public model, provider).
     pub metrics: TargetMetrics,
+    /// Prices of this target's model.
+    pub pricing: Option<Pricing>,
 }
 
 /// A provider with its prebuilt headers and peers.
@@ -147,27 +135,6 @@ impl ProviderEntry {
     }
 }
 
-/// Rate-limit state that outlives snapshots: a reload keeps a key's buckets
-/// (and so its spent requests and tokens) unless its limits changed.
-#[derive(Default)]
-pub struct LimiterRegistry {
-    by_key: Mutex<HashMap<KeyHash, Arc<KeyLimiter>>>,
-}
-
-impl LimiterRegistry {
-    fn get(&self, hash: KeyHash, limits: KeyLimits, now: Instant) -> Arc<KeyLimiter> {
-        let mut map = self.by_key.lock();
-        match map.get(&hash) {
-            Some(l) if l.limits() == limits => l.clone(),
-            _ => {
-                let l = Arc::new(KeyLimiter::new(limits, now));
-                map.insert(hash, l.clone());
-                l
-            }
-        }
-    }
-}
-
 /// A snapshot could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -181,7 +148,7 @@ impl Snapshot {
     /// at startup or from a background task, never on a request).
     pub fn build(
         config: &Config,
-        limiters: &LimiterRegistry,
+        registry: &Registry,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, SnapshotError> {
@@ -254,6 +221,7 @@ impl Snapshot {
                             metrics: metrics.target(name, &t.provider),
                             provider,
                             upstream_model: t.model.clone(),
+                            pricing: t.pricing,
                         }),
                     ))
                 })
@@ -263,34 +231,15 @@ impl Snapshot {
                 Arc::new(ModelEntry {
                     name: name.clone(),
                     route: Route::new(targets),
-                    pricing: m.pricing,
-                }),
-            );
-        }
-        let mut keys = KeyStore::with_capacity(config.keys.len());
-        for k in &config.keys {
-            let limiter = limiters.get(
-                k.hash,
-                KeyLimits {
-                    rpm: k.rpm,
-                    tpm: k.tpm,
-                },
-                now,
-            );
-            keys.insert(
-                k.hash,
-                Arc::new(KeyEntry {
-                    name: k.name.clone(),
-                    team: k.team.clone(),
-                    models: k.models.clone(),
-                    disabled: k.disabled,
-                    expires_at: k.expires_at,
-                    limiter,
+                    pricing: m
+                        .pricing
+                        .or_else(|| m.targets.first().and_then(|t| t.pricing)),
+                    limits: registry.limit_set(&format!("model:{name}"), m.limits, now),
                 }),
             );
         }
         Ok(Snapshot {
-            keys,
+            global_limits: registry.limit_set("global", config.limits.global, now),
             model_names: config.models.keys().cloned().collect(),
             models,
             providers,

@@ -9,12 +9,13 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::proxy::Session;
 use tollgate_auth::presented_key;
-use tollgate_limits::{Admission, LimitKind, Refusal};
+use tollgate_limits::{Admission, Layer, Layers, Refusal, Rejection};
 use tollgate_providers::{TargetCtx, UpstreamRequest};
 use tollgate_schema::{ApiError, ErrorType};
 
 use crate::ctx::Operation;
-use crate::snapshot::{KeyEntry, ModelEntry, Snapshot, TargetEntry};
+use crate::policy::{KeyEntry, Policy, TeamEntry};
+use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 
 /// Why a request stops before (or instead of) reaching a provider.
 #[derive(Debug)]
@@ -67,21 +68,32 @@ pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>),
 }
 
 /// Key auth: `Authorization: Bearer …` or `api-key: …`.
-pub fn authenticate(snap: &Snapshot, session: &Session) -> Result<Arc<KeyEntry>, ApiError> {
+pub fn authenticate(policy: &Policy, session: &Session) -> Result<Arc<KeyEntry>, ApiError> {
     let h = session.req_header();
-    let presented = presented_key(
+    authenticate_headers(
+        policy,
         h.headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes()),
         h.headers.get("api-key").map(|v| v.as_bytes()),
+        unix_now(),
     )
-    .ok_or_else(|| {
+}
+
+/// [`authenticate`] on the header values themselves.
+pub fn authenticate_headers(
+    policy: &Policy,
+    authorization: Option<&[u8]>,
+    api_key: Option<&[u8]>,
+    now_unix: i64,
+) -> Result<Arc<KeyEntry>, ApiError> {
+    let presented = presented_key(authorization, api_key).ok_or_else(|| {
         ApiError::unauthorized(
             "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.",
         )
         .with_code("missing_api_key")
     })?;
-    let key = snap
+    let key = policy
         .keys
         .authenticate(presented)
         .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
@@ -90,17 +102,19 @@ pub fn authenticate(snap: &Snapshot, session: &Session) -> Result<Arc<KeyEntry>,
             ApiError::unauthorized("This API key has been disabled.").with_code("api_key_disabled")
         );
     }
-    if let Some(exp) = key.expires_at {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if now >= exp {
-            return Err(
-                ApiError::unauthorized("This API key has expired.").with_code("api_key_expired")
-            );
-        }
+    if key.expires_at.is_some_and(|exp| now_unix >= exp) {
+        return Err(
+            ApiError::unauthorized("This API key has expired.").with_code("api_key_expired")
+        );
     }
     Ok(key.clone())
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Read the whole request body, refusing more than `max` bytes.
@@ -131,43 +145,81 @@ pub async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Stop>
     Ok(buf.freeze())
 }
 
-/// The public model exists and the key may use it.
+/// The public model exists and the key (and its team) may use it.
 pub fn authorize(
     snap: &Snapshot,
     key: &KeyEntry,
+    team: Option<&TeamEntry>,
     model: &str,
 ) -> Result<Arc<ModelEntry>, ApiError> {
     let m = snap
         .models
         .get(model)
         .ok_or_else(|| ApiError::model_not_found(model))?;
-    if !key.models.allows(model) {
+    if !key.models.allows(model) || team.is_some_and(|t| !t.models.allows(model)) {
         return Err(ApiError::model_forbidden(model));
     }
     Ok(m.clone())
 }
 
-/// Token buckets: one request, and the estimated tokens reserved.
-pub fn admit(
+/// The limit layers of a request, most specific first.
+pub fn layers(
     key: &KeyEntry,
+    team: Option<&TeamEntry>,
+    model: Option<&ModelEntry>,
+    snap: &Snapshot,
+) -> Layers {
+    let mut l = Layers::default();
+    l.push(Layer::Key, &key.limits);
+    if let Some(t) = team {
+        l.push(Layer::Team, &t.limits);
+    }
+    if let Some(m) = model {
+        l.push(Layer::Model, &m.limits);
+    }
+    l.push(Layer::Global, &snap.global_limits);
+    l
+}
+
+fn scope_name(layer: Layer, key: &KeyEntry, team: Option<&TeamEntry>, model: &str) -> String {
+    match layer {
+        Layer::Key => format!("key `{}`", key.name),
+        Layer::Team => format!("team `{}`", team.map_or("", |t| t.id.as_str())),
+        Layer::Model => format!("model `{model}`"),
+        Layer::Global => "this gateway".to_string(),
+    }
+}
+
+/// Token buckets and concurrency caps of every layer: one request, and the
+/// estimated tokens reserved. The refusal names the layer that refused.
+pub fn admit(
+    layers: &Layers,
+    key: &KeyEntry,
+    team: Option<&TeamEntry>,
+    model: &str,
     estimated_tokens: u64,
     now: Instant,
-) -> Result<Admission, (Stop, LimitKind)> {
-    key.limiter.admit(estimated_tokens, now).map_err(|r| {
-        let what = r.kind.as_str();
+) -> Result<Admission, Box<(Stop, Rejection)>> {
+    layers.admit(estimated_tokens, now).map_err(|r| {
+        let who = scope_name(r.layer, key, team, model);
+        let what = r.kind.phrase();
         let stop = match r.refusal {
             Refusal::Wait(d) => {
                 let secs = d.as_secs_f64().ceil().max(1.0) as u64;
-                Stop::Api(
-                    ApiError::new(
-                        429,
-                        ErrorType::RateLimit,
-                        format!(
-                            "Rate limit reached for key `{}` on {what} per minute: limit {}, requested {}. Please try again in {secs}s.",
-                            key.name, r.limit, r.requested
-                        ),
+                let message = if r.kind == tollgate_limits::LimitKind::Concurrency {
+                    format!(
+                        "Too many concurrent requests for {who}: limit {}. Please try again in {secs}s.",
+                        r.limit
                     )
-                    .with_code("rate_limit_exceeded"),
+                } else {
+                    format!(
+                        "Rate limit reached for {who} on {what}: limit {}, requested {}. Please try again in {secs}s.",
+                        r.limit, r.requested
+                    )
+                };
+                Stop::Api(
+                    ApiError::new(429, ErrorType::RateLimit, message)
+                        .with_code("rate_limit_exceeded"),
                     Some(secs),
                 )
             }
@@ -176,16 +228,69 @@ pub fn admit(
                     429,
                     ErrorType::RateLimit,
                     format!(
-                        "Request too large for key `{}` on {what} per minute: limit {}, requested {}. Reduce the prompt or max_tokens.",
-                        key.name, r.limit, r.requested
+                        "Request too large for {who} on {what}: limit {}, requested {}. Reduce the prompt or max_tokens.",
+                        r.limit, r.requested
                     ),
                 )
                 .with_code("request_too_large"),
                 None,
             ),
         };
-        (stop, r.kind)
+        Box::new((stop, r))
     })
+}
+
+/// Budgets of the key and its team: reserve the estimated cost, or refuse
+/// with `insufficient_quota` once either is spent.
+pub fn reserve_budget(
+    key: &KeyEntry,
+    team: Option<&TeamEntry>,
+    estimate: f64,
+    now_unix: i64,
+) -> Result<(), (Stop, &'static str)> {
+    let refuse = |who: String, r: tollgate_limits::BudgetRefusal| {
+        if r.held_in_flight {
+            return Stop::Api(
+                ApiError::new(
+                    429,
+                    ErrorType::RateLimit,
+                    format!(
+                        "The rest of the {} budget of {who} (${:.4} of ${:.2}) is held by requests in flight. Please try again when they finish.",
+                        r.period.as_str(),
+                        (r.limit - r.spent).max(0.0),
+                        r.limit,
+                    ),
+                )
+                .with_code("rate_limit_exceeded"),
+                Some(1),
+            );
+        }
+        Stop::Api(
+            ApiError::new(
+                429,
+                ErrorType::InsufficientQuota,
+                format!(
+                    "The {} budget of {who} is spent: ${:.2} of ${:.2}. It renews at the start of the next {} (UTC).",
+                    r.period.as_str(),
+                    r.spent,
+                    r.limit,
+                    if r.period == tollgate_limits::Period::Day { "day" } else { "month" },
+                ),
+            )
+            .with_code("insufficient_quota"),
+            None,
+        )
+    };
+    key.budget
+        .reserve(estimate, now_unix)
+        .map_err(|r| (refuse(format!("key `{}`", key.name), r), "key"))?;
+    if let Some(t) = team {
+        if let Err(r) = t.budget.reserve(estimate, now_unix) {
+            key.budget.settle(estimate, 0.0, now_unix);
+            return Err((refuse(format!("team `{}`", t.id), r), "team"));
+        }
+    }
+    Ok(())
 }
 
 /// Pick the target: what `upstream_peer` decides in a plain Pingora proxy.

@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use tollgate_config::Config;
 use tollgate_metrics::Metrics;
-use tollgate_proxy::{Gateway, LimiterRegistry, Snapshot};
+use tollgate_proxy::{App, Gateway};
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "An AI gateway on Pingora")]
@@ -127,15 +126,23 @@ fn init_logging() {
 fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
     init_logging();
     let metrics = Arc::new(Metrics::new());
-    let limiters = Arc::new(LimiterRegistry::default());
-    let snapshot = match Snapshot::build(&config, &limiters, &metrics, None) {
-        Ok(s) => s,
+    // The store and ledger keep runtimes of their own; this one only runs startup.
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(App::start(config.clone(), metrics.clone()))
+                .map_err(|e| e.to_string())
+        });
+    let app = match started {
+        Ok(app) => app,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
-    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let shutdown_timeout = config.server.graceful_shutdown_timeout;
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -150,7 +157,7 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(state.clone(), metrics.clone()),
+        Gateway::new(app.clone()),
         "tollgate data plane",
     );
     for addr in &config.server.listen {
@@ -158,14 +165,18 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
     }
     let mut admin = Service::new(
         "tollgate admin".to_string(),
-        tollgate_admin::AdminApp::new(metrics.clone()),
+        tollgate_admin::AdminApp::new(app.clone()),
     );
     admin.add_tcp(&config.server.admin_listen.to_string());
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(pingora::services::background::background_service(
         "dns refresh",
-        services::DnsRefresh::new(state.clone()),
+        services::DnsRefresh::new(app.snapshot.clone()),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "policy sync",
+        services::PolicySync::new(app.clone()),
     ));
     if let Some(addr) = config.mock_upstream {
         server.add_service(pingora::services::background::background_service(
@@ -180,5 +191,10 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
         config.server.listen,
         config.server.admin_listen
     );
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Every runtime has exited, so every request's accounting has run: now the
+    // ledger can be drained completely.
+    app.shutdown(shutdown_timeout);
+    log::info!("tollgate stopped");
+    ExitCode::SUCCESS
 }

@@ -6,7 +6,28 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tollgate_proxy::SharedSnapshot;
+use std::sync::Arc;
+
+use tollgate_proxy::{App, SharedSnapshot};
+
+/// Keeps keys and teams in step with the store (see [`App::run_policy_sync`]).
+pub struct PolicySync {
+    app: Arc<App>,
+}
+
+impl PolicySync {
+    /// Sync this app's policy.
+    pub fn new(app: Arc<App>) -> Self {
+        PolicySync { app }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PolicySync {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.app.run_policy_sync(shutdown).await;
+    }
+}
 
 /// Re-resolves provider host names every 30 s, off the request path
 /// (`HttpPeer::new` would resolve blocking, and panic on failure).

@@ -1,0 +1,168 @@
+//! The running gateway's shared state, wired once: config snapshot, policy,
+//! limit registry, store, ledger and metrics. The binary and the tests build
+//! the same [`App`], so tests exercise the real wiring.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+use tollgate_config::Config;
+use tollgate_limits::period_starts;
+use tollgate_metrics::Metrics;
+use tollgate_store::{Store, StoreError};
+
+use crate::ledger::Ledger;
+use crate::policy::{Policy, Registry, SharedPolicy};
+use crate::snapshot::{SharedSnapshot, Snapshot, SnapshotError};
+
+/// How often the store's change counter is polled. Changes made through this
+/// node's admin API apply at once; those of other nodes within this interval.
+pub const POLICY_POLL: Duration = Duration::from_millis(250);
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The config could not become a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The store could not be opened or read.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The ledger writer could not start.
+    #[error("ledger: {0}")]
+    Ledger(#[from] std::io::Error),
+}
+
+/// Everything the data plane and the admin API share.
+pub struct App {
+    /// The config the process started with.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Models and providers.
+    pub snapshot: SharedSnapshot,
+    /// Keys and teams.
+    pub policy: SharedPolicy,
+    /// Limit and budget state.
+    pub registry: Arc<Registry>,
+    /// The database, if configured.
+    pub store: Option<Store>,
+    /// The usage ledger, if there is a store.
+    pub ledger: Option<Ledger>,
+    sync_now: Notify,
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// Open the store (running migrations), load keys, teams and spend, start the ledger writer.
+    pub async fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<App>, AppError> {
+        let registry = Arc::new(Registry::default());
+        let store = match &config.store {
+            Some(s) => {
+                if let Some(path) = s.url.strip_prefix("sqlite://") {
+                    if let Some(dir) = std::path::Path::new(path).parent() {
+                        if !dir.as_os_str().is_empty() {
+                            std::fs::create_dir_all(dir)?;
+                        }
+                    }
+                }
+                Some(Store::open(&s.url, s.max_connections).await?)
+            }
+            None => None,
+        };
+        if let Some(store) = &store {
+            // Budgets continue where the ledger left them.
+            let (day, month) = period_starts(crate::steps::unix_now());
+            let spent_day = store.spend_since(day * 1000).await?;
+            let spent_month = store.spend_since(month * 1000).await?;
+            registry.set_history(spent_day, spent_month);
+        }
+        let snapshot = Snapshot::build(&config, &registry, &metrics, None)?;
+        let policy = Policy::from_config(&config, &registry);
+        let ledger = match &store {
+            Some(s) => Some(Ledger::start(s.clone(), config.ledger, &metrics)?),
+            None => None,
+        };
+        let app = Arc::new(App {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            registry,
+            store,
+            ledger,
+            metrics,
+            config,
+            sync_now: Notify::new(),
+            sync_lock: tokio::sync::Mutex::new(()),
+        });
+        app.sync_policy().await?;
+        Ok(app)
+    }
+
+    /// Read the store's changes since the current policy, and swap in a new
+    /// policy if there are any. Returns whether anything changed.
+    pub async fn sync_policy(&self) -> Result<bool, StoreError> {
+        let Some(store) = &self.store else {
+            self.metrics
+                .policy_keys()
+                .set(self.policy.load().keys.len() as i64);
+            return Ok(false);
+        };
+        // One sync at a time: two would race to apply the same changes.
+        let _guard = self.sync_lock.lock().await;
+        let current = self.policy.load_full();
+        let version = store.version().await?;
+        if version == current.version {
+            return Ok(false);
+        }
+        let changed = store.changed_keys(current.version).await?;
+        let teams = store.list_teams().await?;
+        let version = changed.last().map_or(version, |k| k.version.max(version));
+        let next = current.with_changes(&self.config, &self.registry, &teams, &changed, version);
+        self.metrics.policy_keys().set(next.keys.len() as i64);
+        self.policy.store(Arc::new(next));
+        Ok(true)
+    }
+
+    /// Ask the sync task to poll now (after a write through the admin API).
+    pub fn request_sync(&self) {
+        self.sync_now.notify_one();
+    }
+
+    /// Poll the store for key and team changes until `shutdown` turns true.
+    pub async fn run_policy_sync(&self, mut shutdown: watch::Receiver<bool>) {
+        if self.store.is_none() {
+            return;
+        }
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => if *shutdown.borrow() { return },
+                _ = tokio::time::sleep(POLICY_POLL) => {}
+                _ = self.sync_now.notified() => {}
+            }
+            match self.sync_policy().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    log::info!("policy sync: the store answers again");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.policy_sync_errors().inc();
+                    // Keep serving the last policy: the hot path never waits on the store.
+                    if !failing {
+                        log::error!("policy sync: cannot read the store: {e}");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    /// Flush the ledger and stop its writer. Call after the data plane stopped.
+    pub fn shutdown(&self, timeout: Duration) {
+        if let Some(l) = &self.ledger {
+            l.shutdown(timeout);
+        }
+    }
+}
