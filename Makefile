@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= conf/tollgate.yaml
 
-.PHONY: run build test deps sys-deps py-deps fmt-check clippy unit sdk check-configs bench fuzz-smoke clean
+.PHONY: run build test deps sys-deps py-deps services fmt-check clippy unit sdk check-configs bench fuzz-smoke clean
 
 ## Build (release) and start the gateway on the default config: works offline.
 run: sys-deps
@@ -16,7 +16,7 @@ build: sys-deps
 	$(CARGO) build --release -p tollgate
 
 ## Install what is missing, then run every check and test.
-test: deps fmt-check clippy unit check-configs sdk fuzz-smoke
+test: deps services fmt-check clippy unit check-configs sdk fuzz-smoke
 
 deps: sys-deps py-deps
 
@@ -32,6 +32,10 @@ sys-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
+
+# PostgreSQL for the store tests (started, or installed and started, if missing).
+services:
+	bash scripts/services.sh
 
 py-deps: $(VENV)/.installed
 
@@ -51,7 +55,7 @@ unit:
 
 check-configs:
 	$(CARGO) build -p tollgate
-	for f in conf/*.yaml; do ./target/debug/tollgate check --config $$f; done
+	for f in conf/tollgate*.yaml; do ./target/debug/tollgate check --config $$f; done
 
 ## The official SDKs against the real binary.
 sdk: py-deps

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tollgate_benches::{
-    auth_and_admit, fixture_stream, key_store, long_stream, long_stream_head, record_request,
-    response_ctx, small_request, target, text_response, tools_request, translate_stream,
-    BENCH_LIMITS, KINDS,
+    auth_and_admit, fixture_stream, long_stream, long_stream_head, policy_bench, record_request,
+    response_ctx, settle, small_request, target, text_response, tools_request, translate_stream,
+    KINDS,
 };
 use tollgate_metrics::Metrics;
 use tollgate_providers::{chat_request, chat_response, StreamTranslator};
@@ -160,15 +160,15 @@ fn main() {
     }
 
     // Auth + limits with 100k keys.
-    let (store, headers) = key_store(100_000, BENCH_LIMITS);
+    let pb = policy_bench(100_000);
     let mut k = 0usize;
     t.row(
-        "auth+limit 100k keys /request",
+        "auth+4 limit layers+budgets 100k keys /request",
         measure(|| {
-            k = (k + 7919) % headers.len();
+            k = (k + 7919) % pb.headers.len();
             let now = Instant::now();
-            let (key, adm) = auth_and_admit(&store, headers[k].as_bytes(), 420, now).unwrap();
-            key.limiter.settle(adm.reserved, 380, now);
+            let a = auth_and_admit(&pb, pb.headers[k].as_bytes(), 420, now, 1_800_000_000).unwrap();
+            settle(a, 380, 0.0001, now, 1_800_000_000);
         }),
     );
 

@@ -9,13 +9,15 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tollgate_auth::{KeyHash, KeyStore};
-use tollgate_benches::{auth_and_admit, key_n, key_store, BENCH_LIMITS};
-use tollgate_limits::KeyLimiter;
+use tollgate_benches::{auth_and_admit, key_n, policy_bench, settle};
+use tollgate_limits::{Layer, Layers, LimitSet, Limits};
 
 const KEYS: usize = 100_000;
 
 fn auth(c: &mut Criterion) {
-    let (store, headers) = key_store(KEYS, BENCH_LIMITS);
+    let pb = policy_bench(KEYS);
+    let store = &pb.policy.keys;
+    let headers = &pb.headers;
     let keys: Vec<String> = (0..KEYS as u64).map(key_n).collect();
     let misses: Vec<String> = (0..1024u64).map(|i| key_n(KEYS as u64 + 1 + i)).collect();
 
@@ -44,63 +46,94 @@ fn auth(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("limits");
     g.throughput(Throughput::Elements(1));
-    let l = KeyLimiter::new(BENCH_LIMITS, Instant::now());
+    let big = Limits {
+        rpm: Some(1_000_000_000),
+        tpm: Some(1_000_000_000_000),
+        ..Limits::default()
+    };
     let now = Instant::now();
-    g.bench_function("admit_settle_rpm_tpm", |b| {
+    let set = std::sync::Arc::new(LimitSet::new(big, now));
+    let mut one = Layers::default();
+    one.push(Layer::Key, &set);
+    g.bench_function("admit_settle_rpm_tpm_one_layer", |b| {
         b.iter(|| {
-            let a = l.admit(black_box(420), now).unwrap();
-            l.settle(a.reserved, black_box(380), now);
+            let a = one.admit(black_box(420), now).unwrap();
+            one.finish(&a, Some(black_box(380)), now);
         })
     });
-    g.bench_function("admit_settle_rpm_tpm_with_clock", |b| {
+    let mut four = Layers::default();
+    for l in [Layer::Key, Layer::Team, Layer::Model, Layer::Global] {
+        four.push(
+            l,
+            &std::sync::Arc::new(LimitSet::new(
+                Limits {
+                    tpd: Some(1_000_000_000_000_000),
+                    concurrent: Some(1_000_000),
+                    ..big
+                },
+                now,
+            )),
+        );
+    }
+    g.bench_function("admit_settle_four_layers_all_limits", |b| {
         b.iter(|| {
-            let a = l.admit(black_box(420), Instant::now()).unwrap();
-            l.settle(a.reserved, black_box(380), Instant::now());
+            let a = four.admit(black_box(420), now).unwrap();
+            four.finish(&a, Some(black_box(380)), now);
         })
     });
     // A key that is out of requests: the refusal path (the bucket never refills at `now`).
-    let empty = KeyLimiter::new(
-        tollgate_limits::KeyLimits {
+    let empty = std::sync::Arc::new(LimitSet::new(
+        Limits {
             rpm: Some(1),
             tpm: Some(1000),
+            ..Limits::default()
         },
         now,
-    );
-    let _ = empty.admit(1, now);
+    ));
+    let mut refused = Layers::default();
+    refused.push(Layer::Key, &empty);
+    let _ = refused.admit(1, now);
     g.bench_function("admit_refused", |b| {
-        b.iter(|| black_box(empty.admit(black_box(10), now).is_err()))
+        b.iter(|| black_box(refused.admit(black_box(10), now).is_err()))
     });
     g.finish();
 
     let mut g = c.benchmark_group("auth_limit_100k");
     g.throughput(Throughput::Elements(1));
-    // The whole per-request path: header → key → limiter admit → settle, clock read included.
+    // The whole per-request policy path — header → key → team → model access →
+    // key, team, model and global limits → key and team budgets — then its
+    // accounting, clock reads included.
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
     let mut k = 0usize;
     g.bench_function("request_rotating_keys", |b| {
         b.iter(|| {
             k = (k + 7919) % KEYS;
-            let now = Instant::now();
-            let (key, adm) =
-                auth_and_admit(&store, black_box(headers[k].as_bytes()), 420, now).unwrap();
-            key.limiter.settle(adm.reserved, 380, now);
+            let (now, u) = (Instant::now(), unix());
+            let a = auth_and_admit(&pb, black_box(headers[k].as_bytes()), 420, now, u).unwrap();
+            settle(a, 380, 0.0001, now, u);
         })
     });
     g.bench_function("request_hot_key", |b| {
         b.iter(|| {
-            let now = Instant::now();
-            let (key, adm) =
-                auth_and_admit(&store, black_box(headers[42].as_bytes()), 420, now).unwrap();
-            key.limiter.settle(adm.reserved, 380, now);
+            let (now, u) = (Instant::now(), unix());
+            let a = auth_and_admit(&pb, black_box(headers[42].as_bytes()), 420, now, u).unwrap();
+            settle(a, 380, 0.0001, now, u);
         })
     });
     g.bench_function("request_unknown_key", |b| {
         b.iter(|| {
             black_box(
                 auth_and_admit(
-                    &store,
+                    &pb,
                     black_box(b"Bearer tg-0000000000000000000000000000000000000000000000ff"),
                     420,
                     Instant::now(),
+                    unix(),
                 )
                 .is_err(),
             )

@@ -14,11 +14,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tollgate_auth::{presented_key, KeyHash, KeyStore};
-use tollgate_limits::{Admission, KeyLimiter, KeyLimits, Rejection};
+use tollgate_config::Config;
+use tollgate_limits::Admission;
 use tollgate_metrics::{Metrics, TargetMetrics};
 pub use tollgate_providers::ProviderKind;
 use tollgate_providers::{ResponseCtx, StreamTranslator, TargetCtx};
+use tollgate_proxy::policy::{KeyEntry, Policy, Registry, TeamEntry};
+use tollgate_proxy::{steps, Snapshot};
+use tollgate_schema::ApiError;
+use tollgate_store::{KeyRecord, LimitSpec, Team};
 
 /// The provider kinds benchmarked, with their fixture directory names.
 pub const KINDS: [(ProviderKind, &str); 4] = [
@@ -193,17 +197,6 @@ pub fn translate_stream(kind: ProviderKind, events: &[Vec<u8>], out: &mut Vec<u8
     out.len()
 }
 
-/// What the gateway keeps per client key (the parts the hot path touches).
-#[derive(Debug)]
-pub struct Principal {
-    /// Display name.
-    pub name: String,
-    /// Disabled keys are refused.
-    pub disabled: bool,
-    /// The key's token buckets.
-    pub limiter: Arc<KeyLimiter>,
-}
-
 /// The `n`-th deterministic client key (`tg-` + 48 hex digits, like generated keys).
 pub fn key_n(n: u64) -> String {
     let a = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -212,61 +205,152 @@ pub fn key_n(n: u64) -> String {
     format!("tg-{a:016x}{b:016x}{c:016x}")
 }
 
-/// A key store with `n` keys, each with its own rpm + tpm limiter (limits far above what a
-/// bench can use up, so every request is admitted), and the headers that present them.
-pub fn key_store(n: usize, limits: KeyLimits) -> (KeyStore<Principal>, Vec<String>) {
-    let now = Instant::now();
-    let mut store = KeyStore::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let key = key_n(i);
-        let p = Principal {
-            name: format!("key-{i}"),
-            disabled: false,
-            limiter: Arc::new(KeyLimiter::new(limits, now)),
-        };
-        assert!(
-            store.insert(KeyHash::of(&key), Arc::new(p)),
-            "duplicate key {i}"
-        );
-        headers.push(format!("Bearer {key}"));
+/// Limits high enough that a bench never exhausts them: rpm, tpm, tpd and a
+/// concurrency cap, all enforced.
+pub fn bench_limits() -> LimitSpec {
+    LimitSpec {
+        rpm: Some(1_000_000_000),
+        tpm: Some(1_000_000_000_000),
+        tpd: Some(1_000_000_000_000_000),
+        concurrent: Some(1_000_000),
+        ..LimitSpec::default()
     }
-    (store, headers)
 }
 
-/// Limits high enough that a bench never exhausts them (rpm + tpm both enforced).
-pub const BENCH_LIMITS: KeyLimits = KeyLimits {
-    rpm: Some(1_000_000_000),
-    tpm: Some(1_000_000_000_000),
-};
+const POLICY_CONFIG: &str = r#"
+providers:
+  local: {kind: openai_compatible, base_url: "http://127.0.0.1:9/v1"}
+models:
+  gpt-4o-mini:
+    targets: [{provider: local, model: gpt-4o-mini}]
+    pricing: {input_per_mtok: 0.15, output_per_mtok: 0.6}
+    limits: {rpm: 1000000000, tpm: 1000000000000}
+limits:
+  global: {concurrent: 1000000}
+"#;
 
-/// Why [`auth_and_admit`] refused.
-#[derive(Debug)]
-pub enum Refused {
-    /// No key, unknown key or disabled key.
-    Unauthorized,
-    /// A limit refused.
-    Limited(Rejection),
+/// The policy of a gateway with `n` store keys in 10 teams, every key and team
+/// with limits and a budget: every layer of the hot path is exercised.
+pub struct PolicyBench {
+    /// Keys and teams, built as the policy sync builds them.
+    pub policy: Policy,
+    /// Models and global limits.
+    pub snapshot: Snapshot,
+    /// `Bearer …` header values, one per key.
+    pub headers: Vec<String>,
+    /// Limit and budget state.
+    pub registry: Registry,
 }
 
-/// The gateway's per-request auth + limit path: extract the key from the
-/// `Authorization` header, look it up, check it, reserve the estimate.
-pub fn auth_and_admit<'s>(
-    store: &'s KeyStore<Principal>,
+/// Build a [`PolicyBench`] with `n` keys.
+pub fn policy_bench(n: usize) -> PolicyBench {
+    let config = Config::from_yaml_with_env(POLICY_CONFIG, None, &|_| None).unwrap();
+    let registry = Registry::default();
+    let snapshot = Snapshot::build(&config, &registry, &Metrics::new(), None).unwrap();
+    let budget = tollgate_store::BudgetSpec {
+        daily_usd: Some(1e12),
+        monthly_usd: Some(1e12),
+        soft_pct: None,
+    };
+    let teams: Vec<Team> = (0..10)
+        .map(|i| Team {
+            id: format!("team-{i}"),
+            description: None,
+            models: None,
+            limits: bench_limits(),
+            budget: budget.clone(),
+            metadata: serde_json::json!({}),
+            created_at: 0,
+            updated_at: 0,
+            version: 1,
+        })
+        .collect();
+    let mut headers = Vec::with_capacity(n);
+    let records: Vec<KeyRecord> = (0..n as u64)
+        .map(|i| {
+            let key = key_n(i);
+            headers.push(format!("Bearer {key}"));
+            KeyRecord {
+                id: format!("key_{i:016x}"),
+                name: format!("key-{i}"),
+                hash: tollgate_auth::KeyHash::of(&key).to_hex(),
+                prefix: key[..11].to_string(),
+                team_id: Some(format!("team-{}", i % 10)),
+                models: None,
+                limits: bench_limits(),
+                budget: budget.clone(),
+                disabled: false,
+                expires_at: None,
+                metadata: serde_json::json!({}),
+                created_at: 0,
+                updated_at: 0,
+                rotated_at: None,
+                version: i as i64 + 1,
+                deleted: false,
+            }
+        })
+        .collect();
+    let policy = Policy::from_config(&config, &registry)
+        .with_changes(&config, &registry, &teams, &records, n as i64);
+    assert_eq!(policy.keys.len(), n);
+    PolicyBench {
+        policy,
+        snapshot,
+        headers,
+        registry,
+    }
+}
+
+/// What one admitted request holds until its accounting.
+pub struct Admitted {
+    /// The key.
+    pub key: Arc<KeyEntry>,
+    /// Its team.
+    pub team: Option<Arc<TeamEntry>>,
+    /// The layers it passed.
+    pub layers: tollgate_limits::Layers,
+    /// What they admitted.
+    pub admission: Admission,
+    /// Dollars reserved.
+    pub reserved_usd: f64,
+}
+
+/// The gateway's per-request policy path, with the same step functions
+/// `request_filter` calls: key from the header, lookup, checks, team, model
+/// access, four limit layers, key and team budgets.
+pub fn auth_and_admit(
+    pb: &PolicyBench,
     authorization: &[u8],
     estimated_tokens: u64,
     now: Instant,
-) -> Result<(&'s Arc<Principal>, Admission), Refused> {
-    let presented = presented_key(Some(authorization), None).ok_or(Refused::Unauthorized)?;
-    let key = store.authenticate(presented).ok_or(Refused::Unauthorized)?;
-    if key.disabled {
-        return Err(Refused::Unauthorized);
-    }
-    let adm = key
-        .limiter
+    now_unix: i64,
+) -> Result<Admitted, ApiError> {
+    let key = steps::authenticate_headers(&pb.policy, Some(authorization), None, now_unix)?;
+    let team = pb.policy.team_of(&key).cloned();
+    let model = steps::authorize(&pb.snapshot, &key, team.as_deref(), "gpt-4o-mini")?;
+    let layers = steps::layers(&key, team.as_deref(), Some(&model), &pb.snapshot);
+    let admission = layers
         .admit(estimated_tokens, now)
-        .map_err(Refused::Limited)?;
-    Ok((key, adm))
+        .map_err(|r| ApiError::internal(format!("{r:?}")))?;
+    let reserved_usd = 0.0002;
+    steps::reserve_budget(&key, team.as_deref(), reserved_usd, now_unix)
+        .map_err(|_| ApiError::internal("budget"))?;
+    Ok(Admitted {
+        key,
+        team,
+        layers,
+        admission,
+        reserved_usd,
+    })
+}
+
+/// The accounting half: settle tokens, free the concurrency slots, settle the budgets.
+pub fn settle(a: Admitted, actual_tokens: u64, cost: f64, now: Instant, now_unix: i64) {
+    a.layers.finish(&a.admission, Some(actual_tokens), now);
+    a.key.budget.settle(a.reserved_usd, cost, now_unix);
+    if let Some(t) = &a.team {
+        t.budget.settle(a.reserved_usd, cost, now_unix);
+    }
 }
 
 /// What the gateway's logging step records for one answered chat request with usage:
@@ -324,15 +408,16 @@ mod tests {
 
     #[test]
     fn auth_and_limits() {
-        let (store, headers) = key_store(1000, BENCH_LIMITS);
+        let pb = policy_bench(1000);
         let now = Instant::now();
-        for h in &headers {
-            let (key, adm) = auth_and_admit(&store, h.as_bytes(), 100, now).unwrap();
-            key.limiter.settle(adm.reserved, 80, now);
+        for h in &pb.headers {
+            let a = auth_and_admit(&pb, h.as_bytes(), 100, now, 1_800_000_000).unwrap();
+            assert!(a.admission.requests.is_some() && a.admission.tokens.is_some());
+            settle(a, 80, 0.0001, now, 1_800_000_000);
         }
-        assert!(matches!(
-            auth_and_admit(&store, b"Bearer tg-nope", 1, now),
-            Err(Refused::Unauthorized)
-        ));
+        let k = pb.policy.keys.authenticate(&key_n(3)).unwrap();
+        assert_eq!(k.limits.in_flight(), 0);
+        assert!((k.budget.status(1_800_000_000).day_spent - 0.0001).abs() < 1e-12);
+        assert!(auth_and_admit(&pb, b"Bearer tg-nope", 1, now, 0).is_err());
     }
 }

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -14,26 +13,58 @@ use tokio::sync::watch;
 use tollgate_config::Config;
 use tollgate_metrics::Metrics;
 use tollgate_mock::{MockConfig, MockServer};
-use tollgate_proxy::{Gateway, LimiterRegistry, SharedSnapshot, Snapshot};
+use tollgate_proxy::{App, Gateway, SharedSnapshot};
 
 /// The provider key the mock demands; tests check it reaches the provider and nothing else does.
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret";
 /// The client key of the default test config.
 pub const CLIENT_KEY: &str = "tg-test-client-key";
 
+/// The admin token of [`Harness::with_store`].
+pub const ADMIN_TOKEN: &str = "tg-test-admin-token-0123456789";
+
 pub struct Harness {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub mock: MockServer,
     pub state: SharedSnapshot,
+    pub app: Arc<App>,
     _shutdown: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        self.accept.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
+}
+
+/// Serve a Pingora app on an ephemeral loopback port.
+async fn serve<A: ServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    rx: watch::Receiver<bool>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let app = app.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                let mut next: Option<Stream> = Some(Box::new(L4Stream::from(tcp)));
+                while let Some(s) = next {
+                    next = app.process_new(s, &rx).await;
+                }
+            });
+        }
+    });
+    (addr, task)
 }
 
 /// A config with `{mock}` replaced by the mock's base URL.
@@ -98,49 +129,74 @@ impl Harness {
 
     /// Start with a config template.
     pub async fn with_config(template: &str) -> Harness {
+        Harness::build(template, None).await
+    }
+
+    /// Start with a config template plus a store at `store_url`, the admin API
+    /// behind [`ADMIN_TOKEN`], and a ledger flushing every 20 ms.
+    pub async fn with_store(template: &str, store_url: &str) -> Harness {
+        Harness::build(template, Some(store_url)).await
+    }
+
+    async fn build(template: &str, store_url: Option<&str>) -> Harness {
         let mock = MockServer::start(MockConfig {
             api_key: Some(UPSTREAM_KEY.into()),
             ..MockConfig::default()
         })
         .await
         .unwrap();
-        let yaml = template.replace("{mock}", &mock.base_url());
+        let mut yaml = template.replace("{mock}", &mock.base_url());
+        if let Some(url) = store_url {
+            yaml.push_str(&format!(
+                "\nstore: {{url: \"{url}\", max_connections: 4}}\nadmin: {{token: \"{ADMIN_TOKEN}\"}}\nledger: {{flush_interval_ms: 20}}\n"
+            ));
+        }
         let config = Config::from_yaml_with_env(&yaml, None, &|_| None).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let limiters = LimiterRegistry::default();
-        let snap = Snapshot::build(&config, &limiters, &metrics, None).unwrap();
-        let state: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snap));
+        let app = App::start(config, metrics.clone()).await.unwrap();
         let conf = Arc::new(ServerConf::default());
-        let app = Arc::new(pingora::proxy::http_proxy(
-            &conf,
-            Gateway::new(state.clone(), metrics.clone()),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let proxy = Arc::new(pingora::proxy::http_proxy(&conf, Gateway::new(app.clone())));
         let (tx, rx) = watch::channel(false);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let app = app.clone();
-                let rx = rx.clone();
-                tokio::spawn(async move {
-                    let mut next: Option<Stream> = Some(Box::new(L4Stream::from(tcp)));
-                    while let Some(s) = next {
-                        next = app.process_new(s, &rx).await;
-                    }
-                });
-            }
-        });
+        let (addr, t1) = serve(proxy, rx.clone()).await;
+        let admin = Arc::new(tollgate_admin::AdminApp::new(app.clone()));
+        let (admin_addr, t2) = serve(admin, rx.clone()).await;
+        let sync_app = app.clone();
+        let t3 = tokio::spawn(async move { sync_app.run_policy_sync(rx).await });
         Harness {
             addr,
+            admin_addr,
             metrics,
             mock,
-            state,
+            state: app.snapshot.clone(),
+            app,
             _shutdown: tx,
-            accept,
+            tasks: vec![t1, t2, t3],
         }
+    }
+
+    /// An admin API URL.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// Call the admin API with the admin token; returns status and JSON (or text as a JSON string).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = client()
+            .request(method.parse().unwrap(), self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
     }
 
     pub fn url(&self, path: &str) -> String {
