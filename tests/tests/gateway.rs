@@ -482,6 +482,12 @@ async fn upstream_failures() {
     assert_eq!((s, e["code"].as_str()), (504, Some("upstream_timeout")));
     assert!(t.elapsed() < Duration::from_secs(5));
     // The provider's own errors keep their status and body.
+    let (s, _) = error_of(
+        h.post("/v1/chat/completions", &chat("x [[mock:status=500]]"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 500);
     let (s, e) = error_of(
         h.post(
             "/v1/chat/completions",
@@ -491,12 +497,17 @@ async fn upstream_failures() {
     )
     .await;
     assert_eq!((s, e["code"].as_str()), (429, Some("rate_limit_exceeded")));
-    let (s, _) = error_of(
-        h.post("/v1/chat/completions", &chat("x [[mock:status=500]]"))
-            .await,
-    )
-    .await;
-    assert_eq!(s, 500);
+    // The 429's Retry-After cooled the model's only target down: no provider now.
+    let r = h.post("/v1/chat/completions", &chat("x")).await;
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "{retry}");
+    let (_, e) = error_of(r).await;
+    assert_eq!(e["code"], "no_upstream_available");
     let m = h.metrics_text();
     assert_eq!(
         metric_value(

@@ -180,6 +180,8 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
                 ok(200, &key_json(app, &r))
             }
         }
+        ["targets"] if m == "GET" => targets(app),
+        ["targets"] => Err(allowed("GET")),
         ["usage"] if m == "GET" => usage(store()?, &query, false).await,
         ["usage", "series"] if m == "GET" => usage(store()?, &query, true).await,
         ["usage", "export.csv"] if m == "GET" => export_csv(store()?, &query).await,
@@ -713,6 +715,50 @@ async fn delete_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply
         200,
         &json!({"object": "api_key", "id": id, "deleted": true}),
     )
+}
+
+// ---------------------------------------------------------------- targets
+
+fn targets(app: &App) -> Reply {
+    let snap = app.snapshot.load();
+    let now = std::time::Instant::now();
+    let mut data = Vec::new();
+    let mut names: Vec<&String> = snap.models.keys().collect();
+    names.sort();
+    for name in names {
+        let m = &snap.models[name];
+        for t in m.route.targets() {
+            let circuit = t.state.circuit(now);
+            let retry_in = t.state.retry_in(now);
+            let state = match circuit {
+                tollgate_router::Circuit::Closed if !retry_in.is_zero() => "cooling_down",
+                c => c.as_str(),
+            };
+            let keys: Vec<Value> = t
+                .provider
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| json!({"index": i, "cooling_ms": k.cooling(now).as_millis() as u64}))
+                .collect();
+            data.push(json!({
+                "model": m.name,
+                "provider": t.provider.name,
+                "upstream_model": t.upstream_model,
+                "priority": t.priority,
+                "weight": t.weight,
+                "strategy": m.route.strategy().as_str(),
+                "state": state,
+                "in_flight": t.state.in_flight(),
+                "consecutive_failures": t.state.consecutive_failures(),
+                "ejections": t.state.ejections(),
+                "ttft_ewma_ms": t.state.latency().map(|d| d.as_secs_f64() * 1000.0),
+                "retry_in_ms": retry_in.as_millis() as u64,
+                "keys": keys,
+            }));
+        }
+    }
+    ok(200, &json!({"object": "list", "data": data}))
 }
 
 // ---------------------------------------------------------------- usage

@@ -1,5 +1,5 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`, and
-//! the admin API under `/admin/v1/` — teams, keys, usage — documented in
+//! the admin API under `/admin/v1/` — teams, keys, usage, targets — documented in
 //! `docs/admin-api.md` and `docs/admin-api.openapi.json`.
 //!
 //! It runs as its own Pingora service on a separate address so operators can
@@ -61,11 +61,14 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.app.metrics.encode(),
-            ),
+            ("GET", "/metrics") => {
+                self.app.refresh_target_gauges();
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.app.metrics.encode(),
+                )
+            }
             ("GET", "/healthz") => reply(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             (_, "/metrics" | "/healthz") => {
                 error(&ApiError::method_not_allowed(method.as_str(), &path, "GET"))

@@ -19,6 +19,7 @@ use std::time::Duration;
 pub use raw::ProviderKind;
 use tollgate_auth::KeyHash;
 pub use tollgate_limits::{Budget, Limits};
+pub use tollgate_router::{HealthPolicy, Strategy};
 
 /// One problem in a config file, with the path of the offending value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +98,8 @@ pub struct Config {
     pub ledger: LedgerSettings,
     /// The price table (`prices_file` overridden by `prices:`), by model name.
     pub prices: BTreeMap<String, Pricing>,
+    /// Passive health of targets.
+    pub health: HealthPolicy,
 }
 
 /// A team: shared model access, limits and budget for its keys.
@@ -184,8 +187,8 @@ pub struct Provider {
     pub port: u16,
     /// Path prefix from `base_url`, without a trailing slash (e.g. `/v1`).
     pub base_path: String,
-    /// Credentials.
-    pub api_key: Option<Secret>,
+    /// Credentials: one key, or a pool rotated on 429 and 401.
+    pub api_keys: Vec<Secret>,
     /// Azure `api-version` or Anthropic `anthropic-version`.
     pub api_version: Option<String>,
     /// Timeouts towards this provider.
@@ -199,8 +202,12 @@ pub struct Provider {
 pub struct ProviderTimeouts {
     /// TCP (and TLS) connect.
     pub connect: Duration,
-    /// Each read: bounds time to first byte and the gap between stream chunks.
+    /// Each read of a non-streamed body.
     pub read: Duration,
+    /// From sending the request to the response header (and, for a stream, its first chunk).
+    pub ttfb: Duration,
+    /// Longest gap between two chunks of a stream.
+    pub gap: Duration,
     /// Each write.
     pub write: Duration,
     /// Idle time a pooled connection is kept.
@@ -245,6 +252,77 @@ pub struct Target {
     /// Prices of what this target serves: the model's, else the price table's
     /// entry for the upstream model.
     pub pricing: Option<Pricing>,
+    /// Timeouts that override the model's and the provider's.
+    pub timeouts: TimeoutOverrides,
+}
+
+/// Timeouts a model or target sets over its provider's (`None` = inherit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeoutOverrides {
+    /// Connect.
+    pub connect: Option<Duration>,
+    /// Time to first byte.
+    pub ttfb: Option<Duration>,
+    /// Gap between stream chunks.
+    pub gap: Option<Duration>,
+    /// One attempt, whole.
+    pub total: Option<Duration>,
+}
+
+impl TimeoutOverrides {
+    /// `self` where set, else `base`.
+    pub fn over(&self, base: &TimeoutOverrides) -> TimeoutOverrides {
+        TimeoutOverrides {
+            connect: self.connect.or(base.connect),
+            ttfb: self.ttfb.or(base.ttfb),
+            gap: self.gap.or(base.gap),
+            total: self.total.or(base.total),
+        }
+    }
+
+    /// Applied to a provider's timeouts.
+    pub fn apply(&self, p: &ProviderTimeouts) -> ProviderTimeouts {
+        ProviderTimeouts {
+            connect: self.connect.unwrap_or(p.connect),
+            ttfb: self.ttfb.unwrap_or(p.ttfb),
+            gap: self.gap.unwrap_or(p.gap),
+            total: self.total.unwrap_or(p.total),
+            ..*p
+        }
+    }
+}
+
+/// Which failures move a request to the next target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailoverOn {
+    /// Cannot connect (refused, unreachable, TLS).
+    pub connect: bool,
+    /// Connect, first byte or chunk gap timed out (before anything reached the client).
+    pub timeout: bool,
+    /// The provider answered 429.
+    pub rate_limited: bool,
+    /// The provider answered 5xx.
+    pub server_error: bool,
+}
+
+/// Failover settings of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failover {
+    /// What triggers it.
+    pub on: FailoverOn,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// The whole request, all attempts, from arrival.
+    pub deadline: Duration,
+}
+
+/// What consistent hashing hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client key's id.
+    Key,
+    /// A request header's value (lower-case name).
+    Header(String),
 }
 
 /// A public model.
@@ -260,6 +338,14 @@ pub struct Model {
     pub description: Option<String>,
     /// Limits on the model across all keys.
     pub limits: Limits,
+    /// How targets within a tier are ordered.
+    pub strategy: Strategy,
+    /// For [`Strategy::ConsistentHash`]: what to hash.
+    pub hash_on: Option<HashOn>,
+    /// When and how far to fail over.
+    pub failover: Failover,
+    /// Timeouts over the providers'.
+    pub timeouts: TimeoutOverrides,
 }
 
 /// Which models a key may use.

@@ -32,6 +32,55 @@ pub(crate) struct ConfigFile {
     pub prices_file: Option<PathBuf>,
     #[serde(default)]
     pub prices: BTreeMap<String, PricingSection>,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoutingSection {
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            eject_after: default_eject_after(),
+            cooldown_ms: default_cooldown_ms(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutOverridesSection {
+    pub connect_ms: Option<u64>,
+    pub ttfb_ms: Option<u64>,
+    pub gap_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StrategySection {
+    Weighted,
+    LeastInFlight,
+    Latency,
+    ConsistentHash,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FailoverSection {
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +254,8 @@ pub(crate) struct ProviderSection {
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
     #[serde(default)]
+    pub api_keys: Option<Vec<String>>,
+    #[serde(default)]
     pub optional: bool,
     #[serde(default)]
     pub api_version: Option<String>,
@@ -222,6 +273,8 @@ pub(crate) struct ProviderTimeoutsSection {
     pub write_ms: Option<u64>,
     pub idle_ms: Option<u64>,
     pub total_ms: Option<u64>,
+    pub ttfb_ms: Option<u64>,
+    pub gap_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +287,14 @@ pub(crate) struct ModelSection {
     pub description: Option<String>,
     #[serde(default)]
     pub limits: LimitSpecSection,
+    #[serde(default)]
+    pub strategy: Option<StrategySection>,
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub failover: Option<FailoverSection>,
+    #[serde(default)]
+    pub timeouts: TimeoutOverridesSection,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +306,8 @@ pub(crate) struct TargetSection {
     pub weight: u32,
     #[serde(default)]
     pub priority: u32,
+    #[serde(default)]
+    pub timeouts: TimeoutOverridesSection,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -353,6 +416,12 @@ fn default_ledger_batch() -> usize {
 }
 fn default_ledger_flush() -> u64 {
     100
+}
+fn default_eject_after() -> u32 {
+    3
+}
+fn default_cooldown_ms() -> u64 {
+    10_000
 }
 fn one() -> u32 {
     1

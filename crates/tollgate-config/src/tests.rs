@@ -56,7 +56,7 @@ fn good_config_loads() {
     assert_eq!(openai.port, 443);
     assert_eq!(openai.host, "api.openai.com");
     assert_eq!(openai.base_path, "/v1");
-    assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(openai.api_keys[0].expose(), "sk-test");
     assert_eq!(c.providers["local"].base_path, "/v1");
     assert_eq!(c.providers["local"].port, 4010);
     // The optional provider without a key is left out, and so is its only model.
@@ -283,4 +283,53 @@ fn shipped_price_table_loads() {
         );
         assert!(p.cached_input_per_mtok < p.input_per_mtok, "{m}");
     }
+}
+
+#[test]
+fn routing_sections_load() {
+    let yaml = r#"
+providers:
+  a:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    api_keys: [k1, "${UNSET_KEY:-}", k3]
+    timeouts: {read_ms: 9000, ttfb_ms: 2000}
+models:
+  m:
+    strategy: consistent_hash
+    hash_on: "header:X-Session-Id"
+    failover: {on: [connect, "5xx"], max_attempts: 5, deadline_ms: 30000}
+    timeouts: {total_ms: 20000}
+    targets:
+      - {provider: a, model: x, timeouts: {ttfb_ms: 500}}
+routing: {eject_after: 5, cooldown_ms: 2000}
+"#;
+    let c = load(yaml).unwrap();
+    let a = &c.providers["a"];
+    assert_eq!(a.api_keys.len(), 2);
+    assert_eq!(a.timeouts.ttfb, Duration::from_secs(2));
+    assert_eq!(a.timeouts.gap, Duration::from_secs(9));
+    let m = &c.models["m"];
+    assert_eq!(m.strategy, Strategy::ConsistentHash);
+    assert_eq!(m.hash_on, Some(HashOn::Header("x-session-id".into())));
+    assert!(m.failover.on.connect && m.failover.on.server_error);
+    assert!(!m.failover.on.rate_limited && !m.failover.on.timeout);
+    assert_eq!(m.failover.max_attempts, 5);
+    let t = m.targets[0].timeouts.over(&m.timeouts).apply(&a.timeouts);
+    assert_eq!(t.ttfb, Duration::from_millis(500));
+    assert_eq!(t.total, Duration::from_secs(20));
+    assert_eq!(t.gap, Duration::from_secs(9));
+    assert_eq!(c.health.eject_after, 5);
+
+    let bad = yaml
+        .replace("\"5xx\"", "\"4xx\"")
+        .replace("header:X-Session-Id", "cookie");
+    let errs = load(&bad).unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    for p in ["models.m.failover.on[1]", "models.m.hash_on"] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    // A pool whose keys are all unset is an empty key.
+    let errs = load(&yaml.replace("k1, \"${UNSET_KEY:-}\", k3", "\"\"")).unwrap_err();
+    assert_eq!(errs.0[0].path, "providers.a.api_key");
 }

@@ -9,9 +9,10 @@ use tollgate_auth::KeyHash;
 
 use crate::raw::{self, ConfigFile, ProviderKind};
 use crate::{
-    AdminSettings, Budget, Config, ConfigError, ConfigErrors, Key, LedgerSettings, LimitSettings,
-    Limits, Model, ModelAccess, Pricing, Provider, ProviderTimeouts, Secret, Server, StoreSettings,
-    Target, Team,
+    AdminSettings, Budget, Config, ConfigError, ConfigErrors, Failover, FailoverOn, HashOn,
+    HealthPolicy, Key, LedgerSettings, LimitSettings, Limits, Model, ModelAccess, Pricing,
+    Provider, ProviderTimeouts, Secret, Server, StoreSettings, Strategy, Target, Team,
+    TimeoutOverrides,
 };
 
 fn limits(errors: &mut Errors, path: &str, l: raw::LimitSpecSection) -> Limits {
@@ -109,6 +110,76 @@ fn model_access(
             ModelAccess::Only(list)
         }
     }
+}
+
+fn overrides(errors: &mut Errors, path: &str, t: raw::TimeoutOverridesSection) -> TimeoutOverrides {
+    for (field, v) in [
+        ("connect_ms", t.connect_ms),
+        ("ttfb_ms", t.ttfb_ms),
+        ("gap_ms", t.gap_ms),
+        ("total_ms", t.total_ms),
+    ] {
+        if v == Some(0) {
+            errors.push(format!("{path}.timeouts.{field}"), "must be at least 1");
+        }
+    }
+    let d = |v: Option<u64>| v.map(Duration::from_millis);
+    TimeoutOverrides {
+        connect: d(t.connect_ms),
+        ttfb: d(t.ttfb_ms),
+        gap: d(t.gap_ms),
+        total: d(t.total_ms),
+    }
+}
+
+fn failover(errors: &mut Errors, path: &str, f: Option<raw::FailoverSection>) -> Failover {
+    let mut out = Failover {
+        on: FailoverOn {
+            connect: true,
+            timeout: true,
+            rate_limited: true,
+            server_error: true,
+        },
+        max_attempts: 3,
+        deadline: Duration::from_secs(600),
+    };
+    let Some(f) = f else { return out };
+    if let Some(on) = f.on {
+        out.on = FailoverOn {
+            connect: false,
+            timeout: false,
+            rate_limited: false,
+            server_error: false,
+        };
+        for (i, w) in on.iter().enumerate() {
+            match w.as_str() {
+                "connect" => out.on.connect = true,
+                "timeout" => out.on.timeout = true,
+                "429" => out.on.rate_limited = true,
+                "5xx" => out.on.server_error = true,
+                other => errors.push(
+                    format!("{path}.failover.on[{i}]"),
+                    format!("`{other}` is not one of connect, timeout, 429, 5xx"),
+                ),
+            }
+        }
+    }
+    if let Some(n) = f.max_attempts {
+        if n == 0 {
+            errors.push(
+                format!("{path}.failover.max_attempts"),
+                "must be at least 1",
+            );
+        }
+        out.max_attempts = n.max(1);
+    }
+    if let Some(ms) = f.deadline_ms {
+        if ms == 0 {
+            errors.push(format!("{path}.failover.deadline_ms"), "must be at least 1");
+        }
+        out.deadline = Duration::from_millis(ms.max(1));
+    }
+    out
 }
 
 /// The price table: `prices_file`'s entries, overridden by `prices:`.
@@ -234,7 +305,9 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 continue;
             }
             let pricing = model_pricing.or_else(|| prices.get(&t.model).copied());
+            let timeouts = overrides(&mut errors, &tpath, t.timeouts);
             targets.push(Target {
+                timeouts,
                 provider: t.provider,
                 model: t.model,
                 weight: t.weight,
@@ -248,6 +321,33 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             continue;
         }
         let limits = limits(&mut errors, &path, m.limits);
+        let strategy = match m.strategy {
+            None | Some(raw::StrategySection::Weighted) => Strategy::Weighted,
+            Some(raw::StrategySection::LeastInFlight) => Strategy::LeastInFlight,
+            Some(raw::StrategySection::Latency) => Strategy::Latency,
+            Some(raw::StrategySection::ConsistentHash) => Strategy::ConsistentHash,
+        };
+        let hash_on = match m.hash_on.as_deref() {
+            None => None,
+            Some("key") => Some(HashOn::Key),
+            Some(h) => match h.strip_prefix("header:") {
+                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                    Some(HashOn::Header(name.to_ascii_lowercase()))
+                }
+                _ => {
+                    errors.push(format!("{path}.hash_on"), "is `key` or `header:<name>`");
+                    None
+                }
+            },
+        };
+        if strategy == Strategy::ConsistentHash && hash_on.is_none() && m.hash_on.is_none() {
+            errors.push(
+                format!("{path}.hash_on"),
+                "consistent_hash needs `hash_on: key` or `hash_on: header:<name>`",
+            );
+        }
+        let failover = failover(&mut errors, &path, m.failover);
+        let model_timeouts = overrides(&mut errors, &path, m.timeouts);
         models.insert(
             name.clone(),
             Model {
@@ -256,6 +356,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
                 pricing: model_pricing,
                 description: m.description,
                 limits,
+                strategy,
+                hash_on,
+                failover,
+                timeouts: model_timeouts,
             },
         );
     }
@@ -442,6 +546,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         },
         ledger,
         prices,
+        health: HealthPolicy {
+            eject_after: file.routing.eject_after.max(1),
+            cooldown: Duration::from_millis(file.routing.cooldown_ms),
+        },
     })
 }
 
@@ -494,11 +602,35 @@ fn provider(
 ) -> Option<Option<Provider>> {
     let path = format!("providers.{name}");
     let before = errors.0.len();
+    let set = [
+        p.api_key.is_some(),
+        p.api_key_file.is_some(),
+        p.api_keys.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set > 1 {
+        errors.push(&path, "set one of `api_key`, `api_key_file` or `api_keys`");
+    }
+    // A pool: empty entries (unset `${VAR:-}`) are left out.
+    let pool: Vec<Secret> = p
+        .api_keys
+        .iter()
+        .flatten()
+        .map(|k| k.trim())
+        .filter(|k| !k.is_empty())
+        .map(|k| Secret(k.to_string()))
+        .collect();
     let api_key = match (&p.api_key, &p.api_key_file) {
-        (Some(_), Some(_)) => {
-            errors.push(&path, "set either `api_key` or `api_key_file`, not both");
-            None
+        _ if p.api_keys.is_some() => {
+            if pool.is_empty() {
+                Some(String::new())
+            } else {
+                None
+            }
         }
+        (Some(_), Some(_)) => None,
         (Some(k), None) => Some(k.trim().to_string()),
         (None, Some(f)) => {
             let f = match base_dir {
@@ -520,7 +652,7 @@ fn provider(
         }
         (None, None) => None,
     };
-    let api_key = match api_key {
+    let api_keys = match api_key {
         Some(k) if k.is_empty() => {
             if p.optional {
                 return Some(None);
@@ -531,7 +663,8 @@ fn provider(
             );
             None
         }
-        Some(k) => Some(Secret(k)),
+        Some(k) => Some(vec![Secret(k)]),
+        None if !pool.is_empty() => Some(pool),
         None => {
             if matches!(
                 p.kind,
@@ -546,7 +679,7 @@ fn provider(
                 errors.push(
                     &path,
                     format!(
-                        "a `{}` provider needs `api_key` or `api_key_file`",
+                        "a `{}` provider needs `api_key`, `api_key_file` or `api_keys`",
                         p.kind.as_str()
                     ),
                 );
@@ -596,9 +729,12 @@ fn provider(
     };
     let t = &p.timeouts;
     let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+    let read = ms(t.read_ms, 120_000);
     let timeouts = ProviderTimeouts {
         connect: ms(t.connect_ms, 5_000),
-        read: ms(t.read_ms, 120_000),
+        read,
+        ttfb: t.ttfb_ms.map_or(read, Duration::from_millis),
+        gap: t.gap_ms.map_or(read, Duration::from_millis),
         write: ms(t.write_ms, 30_000),
         idle: ms(t.idle_ms, 60_000),
         total: ms(t.total_ms, 600_000),
@@ -609,6 +745,8 @@ fn provider(
         ("write_ms", t.write_ms),
         ("idle_ms", t.idle_ms),
         ("total_ms", t.total_ms),
+        ("ttfb_ms", t.ttfb_ms),
+        ("gap_ms", t.gap_ms),
     ] {
         if v == Some(0) {
             errors.push(format!("{path}.timeouts.{field}"), "must be at least 1");
@@ -634,7 +772,7 @@ fn provider(
         host,
         port,
         base_path,
-        api_key,
+        api_keys: api_keys.unwrap_or_default(),
         api_version,
         timeouts,
         headers,

@@ -42,6 +42,12 @@ pub struct Metrics {
     ledger_failures: prometheus::IntCounter,
     policy_keys: IntGauge,
     policy_sync_errors: prometheus::IntCounter,
+    attempts: IntCounterVec,
+    failovers: IntCounterVec,
+    ejections: IntCounterVec,
+    target_healthy: prometheus::IntGaugeVec,
+    target_in_flight: prometheus::IntGaugeVec,
+    target_ttft: prometheus::GaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -260,6 +266,73 @@ impl Metrics {
             )
             .expect("metric"),
         );
+        let attempts = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_upstream_attempts_total",
+                    "Upstream attempts, by model, provider and outcome (success, connect, timeout, rate_limited, unauthorized, status_5xx, status_4xx, protocol, bad_response, unresolved).",
+                ),
+                &[MODEL, PROVIDER, "outcome"],
+            )
+            .expect("metric"),
+        );
+        let failovers = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_failovers_total",
+                    "Requests moved to another target (or key), by model and the failed attempt's outcome.",
+                ),
+                &[MODEL, "reason"],
+            )
+            .expect("metric"),
+        );
+        let target_labels = [MODEL, PROVIDER, "upstream_model"];
+        let ejections = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_target_ejections_total",
+                    "Targets taken out of rotation after consecutive failures.",
+                ),
+                &target_labels,
+            )
+            .expect("metric"),
+        );
+        let target_healthy = reg(
+            &r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_target_healthy",
+                    "1 while a target takes traffic; 0 while it is ejected, probing or cooling down after a 429.",
+                ),
+                &target_labels,
+            )
+            .expect("metric"),
+        );
+        let target_in_flight = reg(
+            &r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_target_in_flight",
+                    "Requests in flight per target.",
+                ),
+                &target_labels,
+            )
+            .expect("metric"),
+        );
+        let target_ttft = reg(
+            &r,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "tollgate_target_ttft_ewma_seconds",
+                    "Moving average of a target's time to first token (the latency strategy's estimate).",
+                ),
+                &target_labels,
+            )
+            .expect("metric"),
+        );
         let build = reg(&r, IntGaugeVecHelper::build_info());
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
@@ -283,6 +356,12 @@ impl Metrics {
             ledger_failures,
             policy_keys,
             policy_sync_errors,
+            attempts,
+            failovers,
+            ejections,
+            target_healthy,
+            target_in_flight,
+            target_ttft,
         }
     }
 
@@ -394,6 +473,44 @@ impl Metrics {
     /// Failed ledger writes.
     pub fn ledger_failures(&self) -> &prometheus::IntCounter {
         &self.ledger_failures
+    }
+
+    /// Count an upstream attempt.
+    pub fn attempt(&self, model: &str, provider: &str, outcome: &str) {
+        self.attempts
+            .with_label_values(&[model, provider, outcome])
+            .inc();
+    }
+
+    /// Count a failover.
+    pub fn failover(&self, model: &str, reason: &str) {
+        self.failovers.with_label_values(&[model, reason]).inc();
+    }
+
+    /// Count an ejection.
+    pub fn ejection(&self, model: &str, provider: &str, upstream_model: &str) {
+        self.ejections
+            .with_label_values(&[model, provider, upstream_model])
+            .inc();
+    }
+
+    /// Publish a target's state (refreshed before each scrape).
+    pub fn target_state(
+        &self,
+        labels: [&str; 3],
+        healthy: bool,
+        in_flight: u64,
+        ttft: Option<f64>,
+    ) {
+        self.target_healthy
+            .with_label_values(&labels)
+            .set(i64::from(healthy));
+        self.target_in_flight
+            .with_label_values(&labels)
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        if let Some(t) = ttft {
+            self.target_ttft.with_label_values(&labels).set(t);
+        }
     }
 
     /// Keys loaded.

@@ -159,6 +159,25 @@ impl App {
         }
     }
 
+    /// Publish every target's health, in-flight count and latency estimate
+    /// (called before each scrape, so the gauges cost nothing per request).
+    pub fn refresh_target_gauges(&self) {
+        let snap = self.snapshot.load();
+        let now = std::time::Instant::now();
+        for m in snap.models.values() {
+            for t in m.route.targets() {
+                let healthy = t.state.circuit(now) == tollgate_router::Circuit::Closed
+                    && t.state.retry_in(now).is_zero();
+                self.metrics.target_state(
+                    [&m.name, &t.provider.name, &t.upstream_model],
+                    healthy,
+                    t.state.in_flight(),
+                    t.state.latency().map(|d| d.as_secs_f64()),
+                );
+            }
+        }
+    }
+
     /// Flush the ledger and stop its writer. Call after the data plane stopped.
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(l) = &self.ledger {

@@ -21,7 +21,7 @@ use tollgate_schema::ApiError;
 
 use crate::ctx::{Operation, RequestCtx};
 use crate::respond;
-use crate::snapshot::TargetEntry;
+use crate::snapshot::{KeySlot, TargetEntry};
 use crate::steps::Stop;
 
 /// Upper bound on a non-streaming upstream body held in memory.
@@ -60,11 +60,16 @@ fn timed_out(provider: &str) -> (ApiError, &'static str) {
 /// The upstream request header.
 fn request_header(
     target: &TargetEntry,
+    key: &KeySlot,
     up: &UpstreamRequest,
     body_len: usize,
 ) -> pingora::Result<RequestHeader> {
     let p = &target.provider;
-    let mut h = RequestHeader::build("POST", up.path.as_bytes(), Some(6 + p.headers.len()))?;
+    let mut h = RequestHeader::build(
+        "POST",
+        up.path.as_bytes(),
+        Some(6 + p.headers.len() + key.headers.len()),
+    )?;
     h.insert_header(header::HOST, p.host_header.clone())?;
     h.insert_header(header::CONTENT_TYPE, "application/json")?;
     h.insert_header(header::CONTENT_LENGTH, body_len)?;
@@ -80,7 +85,7 @@ fn request_header(
         header::USER_AGENT,
         concat!("tollgate/", env!("CARGO_PKG_VERSION")),
     )?;
-    for (k, v) in &p.headers {
+    for (k, v) in key.headers.iter().chain(&p.headers) {
         h.insert_header(k.clone(), v.clone())?;
     }
     Ok(h)
@@ -93,6 +98,7 @@ async fn send(
     connector: &Connector,
     peer: &HttpPeer,
     target: &TargetEntry,
+    key: &KeySlot,
     up: &UpstreamRequest,
     body: Bytes,
 ) -> Result<HttpSession, Box<Error>> {
@@ -101,10 +107,10 @@ async fn send(
         attempts += 1;
         let (mut s, reused) = connector.get_http_session(peer).await?;
         // The connector applies only connect timeouts; reads and writes are the session's.
-        s.set_read_timeout(Some(target.provider.timeouts.read));
-        s.set_write_timeout(Some(target.provider.timeouts.write));
+        s.set_read_timeout(Some(target.timeouts.ttfb));
+        s.set_write_timeout(Some(target.timeouts.write));
         let res: pingora::Result<()> = async {
-            s.write_request_header(Box::new(request_header(target, up, body.len())?))
+            s.write_request_header(Box::new(request_header(target, key, up, body.len())?))
                 .await?;
             s.write_request_body(body.clone(), true).await?;
             s.finish_request_body().await?;
@@ -154,48 +160,121 @@ pub struct ClientAsked<'a> {
     pub estimated_prompt_tokens: u64,
 }
 
-/// Run the exchange and answer the client. `Err(Stop::Api)` means nothing was
-/// sent to the client yet and the error should be.
-pub async fn run(
+/// What the client would get if this failure is the last word.
+#[derive(Debug)]
+pub enum FailureResponse {
+    /// A gateway error (connect, timeout, bad response).
+    Api(ApiError),
+    /// The provider's own error answer, to be mapped to OpenAI's shape.
+    Provider {
+        /// Its status.
+        status: u16,
+        /// Its body.
+        body: Bytes,
+    },
+}
+
+/// An attempt that failed before anything reached the client.
+#[derive(Debug)]
+pub struct Failure {
+    /// `connect`, `timeout`, `rate_limited`, `unauthorized`, `status_5xx`,
+    /// `status_4xx`, `protocol`, `bad_response`, `unresolved`.
+    pub outcome: &'static str,
+    /// The provider's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+    /// What to answer if no other attempt follows.
+    pub response: FailureResponse,
+}
+
+impl Failure {
+    fn api(outcome: &'static str, e: ApiError) -> Failure {
+        Failure {
+            outcome,
+            retry_after: None,
+            response: FailureResponse::Api(e),
+        }
+    }
+
+    /// Whether the target itself misbehaved (for passive health): a 4xx other
+    /// than 429 means the provider is up and the request was refused.
+    pub fn counts_against_target(&self) -> bool {
+        !matches!(self.outcome, "status_4xx" | "rate_limited" | "unauthorized")
+    }
+}
+
+/// How one attempt ended.
+pub enum Attempted {
+    /// The client has its answer (possibly a stream that broke midway).
+    Answered {
+        /// Time to the first byte (non-stream) or first token (stream).
+        ttft: Option<Duration>,
+        /// False when a stream broke after it started: a failure for health,
+        /// but too late to retry.
+        clean: bool,
+    },
+    /// Nothing went to the client; another target may be tried.
+    Failed(Failure),
+}
+
+fn retry_after(h: &pingora::http::ResponseHeader) -> Option<Duration> {
+    let v = h.headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+}
+
+/// One attempt on one target. Writes to the client only on success (or once a
+/// stream's first chunk arrived); every failure before that is returned.
+#[allow(clippy::too_many_arguments)]
+pub async fn attempt(
     session: &mut Session,
     ctx: &mut RequestCtx,
     connector: &Connector,
     target: &TargetEntry,
+    key: &KeySlot,
     mut up: UpstreamRequest,
     opts: ClientAsked<'_>,
-) -> Result<(), Stop> {
+    deadline: Instant,
+) -> Result<Attempted, Stop> {
     let provider = &target.provider;
-    let deadline = ctx.start + provider.timeouts.total;
-    let Some(peer) = provider.peer() else {
-        ctx.error_kind = Some("unresolved");
-        return Err(ApiError::bad_gateway(format!(
-            "The provider `{}` has no resolved address.",
-            provider.name
-        ))
-        .into());
+    let started = Instant::now();
+    let deadline = deadline.min(started + target.timeouts.total);
+    let Some(mut peer) = provider.peer() else {
+        return Ok(Attempted::Failed(Failure::api(
+            "unresolved",
+            ApiError::bad_gateway(format!(
+                "The provider `{}` has no resolved address.",
+                provider.name
+            )),
+        )));
     };
+    peer.options.connection_timeout = Some(target.timeouts.connect);
+    peer.options.total_connection_timeout = Some(target.timeouts.connect * 2);
     let body = Bytes::from(std::mem::take(&mut up.body));
-    ctx.upstream_sent = Some(Instant::now());
-    let sent = match remaining(deadline) {
-        Some(d) => tokio::time::timeout(d, send(connector, &peer, target, &up, body)).await,
+    if ctx.upstream_sent.is_none() {
+        ctx.upstream_sent = Some(started);
+    }
+    // The response header must come within the time-to-first-byte budget.
+    let first_byte = deadline.min(started + target.timeouts.ttfb);
+    let sent = match remaining(first_byte) {
+        Some(d) => tokio::time::timeout(d, send(connector, &peer, target, key, &up, body)).await,
         None => Ok(Err(Error::new(PErr::ReadTimedout))),
     };
     let mut upstream = match sent {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let (err, kind) = upstream_failure(&provider.name, &e);
-            ctx.error_kind = Some(kind);
-            return Err(err.into());
+            return Ok(Attempted::Failed(Failure::api(kind, err)));
         }
         Err(_) => {
             let (err, kind) = timed_out(&provider.name);
-            ctx.error_kind = Some(kind);
-            return Err(err.into());
+            return Ok(Attempted::Failed(Failure::api(kind, err)));
         }
     };
-    let status = upstream
+    let (status, retry) = upstream
         .response_header()
-        .map_or(502, |h| h.status.as_u16());
+        .map_or((502, None), |h| (h.status.as_u16(), retry_after(h)));
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -210,6 +289,7 @@ pub async fn run(
     };
 
     if !(200..300).contains(&status) || !up.stream {
+        upstream.set_read_timeout(Some(target.timeouts.read));
         let body = match read_all(&mut upstream, deadline).await {
             Ok(b) => b,
             Err(e) => {
@@ -217,22 +297,22 @@ pub async fn run(
                     Some(e) => upstream_failure(&provider.name, &e),
                     None => timed_out(&provider.name),
                 };
-                ctx.error_kind = Some(kind);
-                return Err(err.into());
+                return Ok(Attempted::Failed(Failure::api(kind, err)));
             }
         };
+        let ttfb = started.elapsed();
         release(connector, upstream, &peer, provider.timeouts.idle).await;
         if !(200..300).contains(&status) {
-            ctx.error_kind = Some(if status == 429 {
-                "rate_limited"
-            } else if status >= 500 {
-                "status_5xx"
-            } else {
-                "status_4xx"
-            });
-            let out = tollgate_providers::error_response(provider.kind, status, body);
-            respond::json(session, ctx, out.status, out.body).await?;
-            return Ok(());
+            return Ok(Attempted::Failed(Failure {
+                outcome: match status {
+                    429 => "rate_limited",
+                    401 | 403 => "unauthorized",
+                    s if s >= 500 => "status_5xx",
+                    _ => "status_4xx",
+                },
+                retry_after: retry,
+                response: FailureResponse::Provider { status, body },
+            }));
         }
         let translated = match ctx.op {
             Operation::Embeddings => {
@@ -240,17 +320,48 @@ pub async fn run(
             }
             _ => tollgate_providers::chat_response(provider.kind, body, &rctx),
         };
-        let translated = translated.map_err(|e| {
-            ctx.error_kind = Some("bad_response");
-            Stop::from(e)
-        })?;
+        let translated = match translated {
+            Ok(t) => t,
+            Err(e) => return Ok(Attempted::Failed(Failure::api("bad_response", e))),
+        };
         ctx.usage = translated.usage;
         respond::json(session, ctx, 200, translated.body).await?;
-        return Ok(());
+        return Ok(Attempted::Answered {
+            ttft: Some(ttfb),
+            clean: true,
+        });
     }
 
-    // A stream: headers now, then events as they are translated.
+    // A stream. Its first chunk must arrive within the first-byte budget too,
+    // and until it does nothing is sent: a slow first token can still fail over.
     let mut translator = StreamTranslator::new(provider.kind, &rctx)?;
+    upstream.set_read_timeout(Some(target.timeouts.gap));
+    let first = match remaining(first_byte) {
+        Some(d) => tokio::time::timeout(d, upstream.read_response_body())
+            .await
+            .ok(),
+        None => None,
+    };
+    let first = match first {
+        Some(Ok(Some(chunk))) => chunk,
+        Some(Ok(None)) => {
+            return Ok(Attempted::Failed(Failure::api(
+                "protocol",
+                ApiError::bad_gateway(format!(
+                    "The provider `{}` ended the stream before sending anything.",
+                    provider.name
+                )),
+            )))
+        }
+        Some(Err(e)) => {
+            let (err, kind) = upstream_failure(&provider.name, &e);
+            return Ok(Attempted::Failed(Failure::api(kind, err)));
+        }
+        None => {
+            let (err, kind) = timed_out(&provider.name);
+            return Ok(Attempted::Failed(Failure::api(kind, err)));
+        }
+    };
     let mut h = respond::header(200, ctx, "text/event-stream", None)?;
     h.insert_header(header::CACHE_CONTROL, "no-cache")?;
     if !session.is_http2() {
@@ -261,7 +372,19 @@ pub async fn run(
     session.write_response_header(Box::new(h), false).await?;
     let mut out = Vec::with_capacity(4096);
     let mut clean = false;
+    let mut chunk = Some(first);
     loop {
+        if let Some(c) = chunk.take() {
+            let before = translator.first_token_seen();
+            let _ = translator.feed(&c, &mut out);
+            if !before && translator.first_token_seen() {
+                ctx.ttft = Some(ctx.start.elapsed());
+            }
+            if !out.is_empty() {
+                let bytes = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
+                session.write_response_body(Some(bytes), false).await?;
+            }
+        }
         let read = match remaining(deadline) {
             Some(d) => tokio::time::timeout(d, upstream.read_response_body())
                 .await
@@ -269,13 +392,7 @@ pub async fn run(
             None => None,
         };
         match read {
-            Some(Ok(Some(chunk))) => {
-                let before = translator.first_token_seen();
-                let _ = translator.feed(&chunk, &mut out);
-                if !before && translator.first_token_seen() {
-                    ctx.ttft = Some(ctx.start.elapsed());
-                }
-            }
+            Some(Ok(Some(c))) => chunk = Some(c),
             Some(Ok(None)) => {
                 clean = translator.finish(&mut out).is_ok();
                 if !clean {
@@ -296,10 +413,6 @@ pub async fn run(
                 break;
             }
         }
-        if !out.is_empty() {
-            let bytes = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
-            session.write_response_body(Some(bytes), false).await?;
-        }
     }
     ctx.usage = translator.usage();
     let last = if out.is_empty() {
@@ -308,10 +421,31 @@ pub async fn run(
         Some(Bytes::from(out))
     };
     session.write_response_body(last, true).await?;
+    let ttft = ctx
+        .ttft
+        .map(|t| t.saturating_sub(started.duration_since(ctx.start)));
     if clean {
         release(connector, upstream, &peer, provider.timeouts.idle).await;
     }
-    Ok(())
+    Ok(Attempted::Answered { ttft, clean })
+}
+
+/// Answer the client with a failure that is the last word.
+pub async fn answer_failure(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    target: &TargetEntry,
+    f: Failure,
+) -> Result<(), Stop> {
+    ctx.error_kind = Some(f.outcome);
+    match f.response {
+        FailureResponse::Api(e) => Err(Stop::Api(e, None)),
+        FailureResponse::Provider { status, body } => {
+            let out = tollgate_providers::error_response(target.provider.kind, status, body);
+            respond::json(session, ctx, out.status, out.body).await?;
+            Ok(())
+        }
+    }
 }
 
 /// Read a whole (bounded) body; `Err(None)` is the deadline.

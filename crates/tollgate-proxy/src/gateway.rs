@@ -2,7 +2,7 @@
 //! [`crate::exchange`] and the accounting in `logging`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,9 +17,10 @@ use tollgate_store::UsageRecord;
 use crate::app::App;
 use crate::ctx::{Operation, RequestCtx};
 use crate::policy::KeyEntry;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 use crate::steps::{self, Parsed, Stop};
 use crate::{exchange, respond};
+use tollgate_config::HashOn;
 
 /// The gateway's data plane.
 pub struct Gateway {
@@ -95,18 +96,197 @@ impl Gateway {
                 return Err(stop);
             }
         }
-        let target = steps::choose_target(&model)?;
-        ctx.target = Some(target.clone());
-        let up = steps::rewrite_request(&parsed, &target, snap.default_completion_tokens.max(1))?;
-        let public_model = parsed.model().to_string();
+        let hash_key: Option<Vec<u8>> = match &model.hash_on {
+            None => None,
+            Some(HashOn::Key) => Some(key.id.as_bytes().to_vec()),
+            Some(HashOn::Header(h)) => session
+                .req_header()
+                .headers
+                .get(h.as_str())
+                .map(|v| v.as_bytes().to_vec()),
+        };
+        let mut plan = Vec::with_capacity(4);
+        let panic = model
+            .route
+            .plan(hash_key.as_deref(), Instant::now(), &mut plan);
+        self.failover_loop(session, ctx, snap, &model, &parsed, &plan, panic)
+            .await
+    }
+
+    /// The targets of the plan in turn (what `upstream_peer` and Pingora's
+    /// retries decide in a plain proxy): each attempt gets the body translated
+    /// for its own provider; a failure before any byte reached the client moves
+    /// on, within the model's attempts and deadline.
+    async fn failover_loop(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+        model: &ModelEntry,
+        parsed: &Parsed<'_>,
+        plan: &[&Arc<TargetEntry>],
+        panic: bool,
+    ) -> Result<(), Stop> {
+        let fo = model.failover;
+        let deadline = ctx.start + fo.deadline;
         let asked = exchange::ClientAsked {
-            public_model: &public_model,
+            public_model: &model.name,
             include_usage: parsed.include_usage(),
             embeddings_base64: parsed.embeddings_base64(),
             estimated_prompt_tokens: parsed.estimate_prompt_tokens(),
         };
-        drop(parsed);
-        exchange::run(session, ctx, &self.connector, &target, up, asked).await
+        let mut attempts = 0u32;
+        let mut last: Option<(Arc<TargetEntry>, exchange::Failure)> = None;
+        'targets: for &target in plan {
+            // A target may take several attempts: one per key of its pool.
+            loop {
+                if attempts >= fo.max_attempts || Instant::now() >= deadline {
+                    break 'targets;
+                }
+                let now = Instant::now();
+                let guard = if panic {
+                    target.state.begin_anyway(now)
+                } else {
+                    target.state.begin(now)
+                };
+                let Some(guard) = guard else {
+                    continue 'targets;
+                };
+                let Some((_, slot)) = target.provider.pick_key(now) else {
+                    // Every key is cooling down: the target is out for as long.
+                    target
+                        .state
+                        .cool_down(now, target.provider.keys_back_in(now));
+                    continue 'targets;
+                };
+                if let Some((_, f)) = &last {
+                    self.metrics.failover(&model.name, f.outcome);
+                }
+                attempts += 1;
+                ctx.target = Some(target.clone());
+                let up =
+                    steps::rewrite_request(parsed, target, snap.default_completion_tokens.max(1))?;
+                let outcome = exchange::attempt(
+                    session,
+                    ctx,
+                    &self.connector,
+                    target,
+                    slot,
+                    up,
+                    asked,
+                    deadline,
+                )
+                .await?;
+                let f = match outcome {
+                    exchange::Attempted::Answered { ttft, clean } => {
+                        let provider = target.provider.name.as_str();
+                        if clean {
+                            self.metrics.attempt(&model.name, provider, "success");
+                            guard.succeed(ttft);
+                        } else {
+                            self.metrics.attempt(
+                                &model.name,
+                                provider,
+                                ctx.error_kind.unwrap_or("protocol"),
+                            );
+                            if guard.fail(Instant::now()) {
+                                self.metrics.ejection(
+                                    &model.name,
+                                    provider,
+                                    &target.upstream_model,
+                                );
+                            }
+                        }
+                        return Ok(());
+                    }
+                    exchange::Attempted::Failed(f) => f,
+                };
+                let now = Instant::now();
+                self.metrics
+                    .attempt(&model.name, &target.provider.name, f.outcome);
+                if f.counts_against_target() {
+                    if guard.fail(now) {
+                        self.metrics.ejection(
+                            &model.name,
+                            &target.provider.name,
+                            &target.upstream_model,
+                        );
+                        log::warn!(
+                            "target {} of model {} ejected after consecutive failures (last: {})",
+                            target.id,
+                            model.name,
+                            f.outcome
+                        );
+                    }
+                } else {
+                    // The provider answered: alive, whatever it said.
+                    guard.succeed(None);
+                }
+                let retryable = match f.outcome {
+                    "connect" | "unresolved" => fo.on.connect,
+                    "timeout" => fo.on.timeout,
+                    "rate_limited" => fo.on.rate_limited,
+                    "status_5xx" => fo.on.server_error,
+                    "unauthorized" => true,
+                    _ => false,
+                };
+                let same_target_again = match f.outcome {
+                    // A key-specific refusal: cool that key; another key may work.
+                    "rate_limited" | "unauthorized" => {
+                        let pool = target.provider.keys.len() > 1;
+                        let d = match (f.outcome, f.retry_after) {
+                            ("unauthorized", _) if pool => Some(Duration::from_secs(300)),
+                            ("rate_limited", Some(d)) => Some(d),
+                            // Without Retry-After, a lone key is not benched: there
+                            // is nothing to rotate to, and no wait was asked for.
+                            ("rate_limited", None) if pool => Some(Duration::from_secs(1)),
+                            _ => None,
+                        };
+                        if let Some(d) = d {
+                            slot.cool_down(now, d);
+                        }
+                        let another_key = pool && target.provider.pick_key(now).is_some();
+                        if let (Some(d), false) = (f.retry_after, another_key) {
+                            if f.outcome == "rate_limited" {
+                                // No key left to rotate to: the target rests as asked.
+                                target.state.cool_down(now, d);
+                            }
+                        }
+                        another_key
+                    }
+                    _ => false,
+                };
+                last = Some((target.clone(), f));
+                if !retryable {
+                    break 'targets;
+                }
+                if !same_target_again {
+                    continue 'targets;
+                }
+            }
+        }
+        match last {
+            Some((target, f)) => {
+                ctx.target = Some(target.clone());
+                exchange::answer_failure(session, ctx, &target, f).await
+            }
+            None => {
+                let wait = model.route.retry_in(Instant::now());
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                Err(Stop::Api(
+                    ApiError::new(
+                        503,
+                        tollgate_schema::ErrorType::Overloaded,
+                        format!(
+                            "No provider for model `{}` is available right now. Please try again in {secs}s.",
+                            model.name
+                        ),
+                    )
+                    .with_code("no_upstream_available"),
+                    Some(secs),
+                ))
+            }
+        }
     }
 }
 

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use tollgate_config::{Config, Pricing, ProviderKind, ProviderTimeouts};
+use tollgate_config::{Config, Failover, HashOn, Pricing, ProviderKind, ProviderTimeouts};
 use tollgate_limits::LimitSet;
 use tollgate_metrics::{Metrics, TargetMetrics};
-use tollgate_router::Route;
+use tollgate_router::{Routable, Route, TargetState};
 
 use crate::policy::Registry;
 
@@ -55,6 +56,10 @@ pub struct ModelEntry {
     pub pricing: Option<Pricing>,
     /// Limits on the model across all keys.
     pub limits: Arc<LimitSet>,
+    /// For consistent hashing: what to hash.
+    pub hash_on: Option<HashOn>,
+    /// When and how far to fail over.
+    pub failover: Failover,
 }
 
 /// One (provider, upstream model) a model can go to.
@@ -67,6 +72,51 @@ pub struct TargetEntry {
     pub metrics: TargetMetrics,
     /// Prices of this target's model.
     pub pricing: Option<Pricing>,
+    /// Timeouts: the target's over the model's over the provider's.
+    pub timeouts: ProviderTimeouts,
+    /// Priority tier.
+    pub priority: u32,
+    /// Weight within the tier.
+    pub weight: u32,
+    /// Health, in-flight count, latency estimate.
+    pub state: TargetState,
+    /// `provider/model`, for consistent hashing and the admin API.
+    pub id: String,
+}
+
+impl Routable for TargetEntry {
+    fn state(&self) -> &TargetState {
+        &self.state
+    }
+    fn hash_id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// One credential of a provider's key pool, with its own cooldown.
+pub struct KeySlot {
+    /// Credential and protocol headers for this key.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Not used before this time (after a 429 or 401 on it).
+    until: Mutex<Option<Instant>>,
+}
+
+impl KeySlot {
+    /// Keep this key out until `now + d`.
+    pub fn cool_down(&self, now: Instant, d: Duration) {
+        let mut u = self.until.lock();
+        let t = now + d;
+        if u.is_none_or(|old| old < t) {
+            *u = Some(t);
+        }
+    }
+
+    /// Time left in its cooldown.
+    pub fn cooling(&self, now: Instant) -> Duration {
+        self.until
+            .lock()
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
+    }
 }
 
 /// A provider with its prebuilt headers and peers.
@@ -79,7 +129,9 @@ pub struct ProviderEntry {
     pub base_path: String,
     /// `Host` header value.
     pub host_header: HeaderValue,
-    /// Credential and protocol headers.
+    /// The key pool (one slot, with no credential, for keyless providers).
+    pub keys: Vec<KeySlot>,
+    /// Extra headers sent on every request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Azure / Anthropic API version.
     pub api_version: Option<String>,
@@ -90,9 +142,29 @@ pub struct ProviderEntry {
     tls: bool,
     peers: ArcSwap<Vec<HttpPeer>>,
     next: AtomicUsize,
+    next_key: AtomicUsize,
 }
 
 impl ProviderEntry {
+    /// A key to use now (round robin over those not cooling down), with its index.
+    pub fn pick_key(&self, now: Instant) -> Option<(usize, &KeySlot)> {
+        let n = self.keys.len();
+        let start = self.next_key.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.keys[i].cooling(now).is_zero())
+            .map(|i| (i, &self.keys[i]))
+    }
+
+    /// Time until some key is usable again.
+    pub fn keys_back_in(&self, now: Instant) -> Duration {
+        self.keys
+            .iter()
+            .map(|k| k.cooling(now))
+            .min()
+            .unwrap_or_default()
+    }
+
     /// A peer to connect to (round robin over resolved addresses), if any resolved.
     pub fn peer(&self) -> Option<HttpPeer> {
         let peers = self.peers.load();
@@ -155,12 +227,22 @@ impl Snapshot {
         let now = Instant::now();
         let mut providers = HashMap::new();
         for (name, p) in &config.providers {
-            let mut headers = tollgate_providers::static_headers(
-                p.kind,
-                p.api_key.as_ref().map(|k| k.expose()),
-                p.api_version.as_deref(),
-            )
-            .map_err(|_| SnapshotError::Header(name.clone()))?;
+            let secrets: Vec<Option<&str>> = if p.api_keys.is_empty() {
+                vec![None]
+            } else {
+                p.api_keys.iter().map(|k| Some(k.expose())).collect()
+            };
+            let mut keys = Vec::with_capacity(secrets.len());
+            for secret in secrets {
+                let headers =
+                    tollgate_providers::static_headers(p.kind, secret, p.api_version.as_deref())
+                        .map_err(|_| SnapshotError::Header(name.clone()))?;
+                keys.push(KeySlot {
+                    headers,
+                    until: Mutex::new(None),
+                });
+            }
+            let mut headers = Vec::with_capacity(p.headers.len());
             for (k, v) in &p.headers {
                 let k = HeaderName::from_bytes(k.as_bytes())
                     .map_err(|_| SnapshotError::Header(name.clone()))?;
@@ -182,6 +264,7 @@ impl Snapshot {
                 kind: p.kind,
                 base_path: p.base_path.clone(),
                 host_header,
+                keys,
                 headers,
                 api_version: p.api_version.clone(),
                 timeouts: p.timeouts,
@@ -190,6 +273,7 @@ impl Snapshot {
                 tls: p.tls,
                 peers: ArcSwap::from_pointee(Vec::new()),
                 next: AtomicUsize::new(0),
+                next_key: AtomicUsize::new(0),
             });
             // Resolution failing here is not fatal: the resolver service keeps trying.
             match (p.host.as_str(), p.port).to_socket_addrs() {
@@ -214,14 +298,20 @@ impl Snapshot {
                 .iter()
                 .filter_map(|t| {
                     let provider = providers.get(&t.provider)?.clone();
+                    let timeouts = t.timeouts.over(&m.timeouts).apply(&provider.timeouts);
                     Some((
                         t.priority,
                         t.weight,
                         Arc::new(TargetEntry {
                             metrics: metrics.target(name, &t.provider),
+                            id: format!("{}/{}", t.provider, t.model),
                             provider,
                             upstream_model: t.model.clone(),
                             pricing: t.pricing,
+                            timeouts,
+                            priority: t.priority,
+                            weight: t.weight,
+                            state: TargetState::new(config.health),
                         }),
                     ))
                 })
@@ -230,7 +320,9 @@ impl Snapshot {
                 name.clone(),
                 Arc::new(ModelEntry {
                     name: name.clone(),
-                    route: Route::new(targets),
+                    route: Route::new(targets, m.strategy),
+                    hash_on: m.hash_on.clone(),
+                    failover: m.failover,
                     pricing: m
                         .pricing
                         .or_else(|| m.targets.first().and_then(|t| t.pricing)),

@@ -293,25 +293,6 @@ pub fn reserve_budget(
     Ok(())
 }
 
-/// Pick the target: what `upstream_peer` decides in a plain Pingora proxy.
-pub fn choose_target(model: &ModelEntry) -> Result<Arc<TargetEntry>, ApiError> {
-    model
-        .route
-        .pick(|t| t.provider.is_resolved())
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                503,
-                ErrorType::Overloaded,
-                format!(
-                    "No provider for model `{}` is reachable right now.",
-                    model.name
-                ),
-            )
-            .with_code("no_upstream_available")
-        })
-}
-
 /// The target's translation context.
 pub fn target_ctx<'a>(t: &'a TargetEntry, default_max_tokens: u64) -> TargetCtx<'a> {
     TargetCtx {
