@@ -63,6 +63,18 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// Apply a committed write to this node's policy now. The write is stored
+/// whatever happens here, so a failed sync is not the client's error: the
+/// background sync retries within a poll interval.
+async fn sync_after_write(app: &App) {
+    if let Err(e) = app.sync_policy().await {
+        log::warn!(
+            "admin API: change stored, but applying it now failed ({e}); the next poll will"
+        );
+        app.request_sync();
+    }
+}
+
 /// Route an admin API request.
 pub async fn handle(app: &App, session: &mut ServerSession) -> Response<Vec<u8>> {
     match route(app, session).await {
@@ -122,6 +134,9 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
     };
     let allowed = |a: &str| ApiError::method_not_allowed(m, &path, a);
     match parts.as_slice() {
+        ["teams", id] if app.config.teams.contains_key(*id) && m != "GET" => {
+            Err(read_only("team", id))
+        }
         ["teams"] => match m {
             "GET" => list_teams(app).await,
             "POST" => {
@@ -147,6 +162,8 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
             }
             _ => Err(allowed("GET, POST")),
         },
+        ["keys", id] if id.starts_with("config:") && m != "GET" => Err(read_only("key", id)),
+        ["keys", id, _] if id.starts_with("config:") => Err(read_only("key", id)),
         ["keys", id] => match m {
             "GET" => get_key(app, id).await,
             "PATCH" => {
@@ -176,7 +193,7 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
                     .await
                     .map_err(store_error)?
                     .ok_or_else(|| not_found("key", id))?;
-                app.sync_policy().await.map_err(store_error)?;
+                sync_after_write(app).await;
                 ok(200, &key_json(app, &r))
             }
         }
@@ -434,7 +451,7 @@ async fn create_team(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Repl
         })
         .await
         .map_err(store_error)?;
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     ok(201, &store_team_json(app, &t))
 }
 
@@ -473,7 +490,7 @@ async fn update_team(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("team", id))?;
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     ok(200, &store_team_json(app, &t))
 }
 
@@ -484,7 +501,7 @@ async fn delete_team(app: &App, store: &tollgate_store::Store, id: &str) -> Repl
     if !store.delete_team(id).await.map_err(store_error)? {
         return Err(not_found("team", id));
     }
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     ok(200, &json!({"object": "team", "id": id, "deleted": true}))
 }
 
@@ -559,11 +576,17 @@ async fn list_keys(app: &App, query: &[(String, String)]) -> Reply {
     let mut team = None;
     for (k, v) in query {
         match k.as_str() {
-            "team_id" => team = Some(v.as_str()),
+            "team_id" if team.is_none() => team = Some(v.as_str()),
+            "team_id" => {
+                return Err(
+                    ApiError::invalid_request("`team_id` is given twice").with_param("team_id")
+                )
+            }
             other => {
-                return Err(ApiError::invalid_request(format!(
-                    "unknown query parameter `{other}`"
-                )))
+                return Err(
+                    ApiError::invalid_request(format!("unknown query parameter `{other}`"))
+                        .with_param(other.to_string()),
+                )
             }
         }
     }
@@ -635,7 +658,7 @@ async fn create_key(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Reply
         })
         .await
         .map_err(store_error)?;
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     let mut v = key_json(app, &k);
     // The only time the secret is shown.
     v["key"] = Value::String(secret);
@@ -686,7 +709,7 @@ async fn update_key(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8]
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("key", id))?;
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     ok(200, &key_json(app, &k))
 }
 
@@ -697,7 +720,7 @@ async fn rotate_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("key", id))?;
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     let mut v = key_json(app, &k);
     v["key"] = Value::String(secret);
     ok(200, &v)
@@ -710,7 +733,7 @@ async fn delete_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply
     if !store.delete_key(id).await.map_err(store_error)? {
         return Err(not_found("key", id));
     }
-    app.sync_policy().await.map_err(store_error)?;
+    sync_after_write(app).await;
     ok(
         200,
         &json!({"object": "api_key", "id": id, "deleted": true}),
@@ -830,8 +853,8 @@ fn parse_bucket(v: &str) -> Result<i64, ApiError> {
         "d" => 86_400_000,
         _ => 0,
     };
-    match num.parse::<i64>() {
-        Ok(n) if n > 0 && mult > 0 => Ok(n * mult),
+    match num.parse::<i64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(ms) if ms > 0 => Ok(ms),
         _ => Err(ApiError::invalid_request(format!(
             "`bucket` is a duration like 60s, 5m, 1h or 1d; not `{v}`"
         ))
@@ -978,6 +1001,7 @@ mod tests {
         assert_eq!(parse_bucket("1d").unwrap(), 86_400_000);
         assert!(parse_bucket("0h").is_err());
         assert!(parse_bucket("1w").is_err());
+        assert!(parse_bucket("99999999999999999d").is_err());
     }
 
     #[test]

@@ -105,11 +105,7 @@ impl Gateway {
                 .get(h.as_str())
                 .map(|v| v.as_bytes().to_vec()),
         };
-        let mut plan = Vec::with_capacity(4);
-        let panic = model
-            .route
-            .plan(hash_key.as_deref(), Instant::now(), &mut plan);
-        self.failover_loop(session, ctx, snap, &model, &parsed, &plan, panic)
+        self.failover_loop(session, ctx, snap, &model, &parsed, hash_key.as_deref())
             .await
     }
 
@@ -124,9 +120,10 @@ impl Gateway {
         snap: &Snapshot,
         model: &ModelEntry,
         parsed: &Parsed<'_>,
-        plan: &[&Arc<TargetEntry>],
-        panic: bool,
+        hash_key: Option<&[u8]>,
     ) -> Result<(), Stop> {
+        let mut plan: Vec<&Arc<TargetEntry>> = Vec::with_capacity(4);
+        let panic = model.route.plan(hash_key, Instant::now(), &mut plan);
         let fo = model.failover;
         let deadline = ctx.start + fo.deadline;
         let asked = exchange::ClientAsked {
@@ -137,7 +134,7 @@ impl Gateway {
         };
         let mut attempts = 0u32;
         let mut last: Option<(Arc<TargetEntry>, exchange::Failure)> = None;
-        'targets: for &target in plan {
+        'targets: for &target in &plan {
             // A target may take several attempts: one per key of its pool.
             loop {
                 if attempts >= fo.max_attempts || Instant::now() >= deadline {
@@ -501,6 +498,13 @@ impl Gateway {
             return;
         };
         let unix = steps::unix_now();
+        // A stream cut before its usage arrived is charged its estimate (in the
+        // budgets and the ledger alike), as its tokens keep their reservation:
+        // it did cost something, and the provider will bill it.
+        let cost = match ctx.budget_reserved {
+            Some(reserved) if ctx.stream && ctx.usage.is_none() => reserved,
+            _ => cost,
+        };
         if let Some(reserved) = ctx.budget_reserved {
             key.budget.settle(reserved, cost, unix);
             if let Some(t) = &ctx.team {

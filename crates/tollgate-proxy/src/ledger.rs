@@ -13,7 +13,9 @@
 //!   retry after an unclear failure never counts a request twice.
 //! - On shutdown and upgrade the binary stops the writer only after Pingora's
 //!   runtimes have exited (so every `logging` hook has run), and the writer
-//!   drains the whole queue first.
+//!   drains the whole queue first — waiting at most
+//!   `server.graceful_shutdown_timeout_secs`; if the store is down that long,
+//!   the count of unwritten records is logged.
 //! - If the queue ever fills (the store slower than traffic for longer than the
 //!   queue lasts), the record is dropped, counted in
 //!   `tollgate_ledger_dropped_records_total` and logged with its request id.

@@ -266,6 +266,13 @@ impl Policy {
                 }),
             );
         }
+        // A team gone from the store takes its limit and budget state with it,
+        // so one re-created under the same id starts fresh.
+        for (id, t) in &self.teams {
+            if t.source == Source::Store && !all_teams.contains_key(id) {
+                reg.forget(&format!("team:{id}"));
+            }
+        }
         let mut keys = self.keys.clone();
         let mut by_id = self.by_id.clone();
         for r in changed {
