@@ -161,7 +161,10 @@ impl Harness {
         let admin = Arc::new(tollgate_admin::AdminApp::new(app.clone()));
         let (admin_addr, t2) = serve(admin, rx.clone()).await;
         let sync_app = app.clone();
-        let t3 = tokio::spawn(async move { sync_app.run_policy_sync(rx).await });
+        let sync_rx = rx.clone();
+        let t3 = tokio::spawn(async move { sync_app.run_policy_sync(sync_rx).await });
+        let check_app = app.clone();
+        let t4 = tokio::spawn(async move { check_app.run_active_checks(rx).await });
         Harness {
             addr,
             admin_addr,
@@ -170,7 +173,7 @@ impl Harness {
             state: app.snapshot.clone(),
             app,
             _shutdown: tx,
-            tasks: vec![t1, t2, t3],
+            tasks: vec![t1, t2, t3, t4],
         }
     }
 

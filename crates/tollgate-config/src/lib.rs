@@ -195,6 +195,19 @@ pub struct Provider {
     pub timeouts: ProviderTimeouts,
     /// Extra headers sent on every request.
     pub headers: Vec<(String, String)>,
+    /// Active health check, if configured.
+    pub health_check: Option<ActiveCheck>,
+}
+
+/// An active health check: `GET path` on every address of the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveCheck {
+    /// Path (with the provider's credentials), e.g. `/v1/models`.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Connect and read timeout of one check.
+    pub timeout: Duration,
 }
 
 /// Upstream timeouts.

@@ -263,6 +263,18 @@ pub(crate) struct ProviderSection {
     pub timeouts: ProviderTimeoutsSection,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheckSection {
+    pub path: String,
+    #[serde(default = "default_check_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    pub timeout_ms: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -416,6 +428,12 @@ fn default_ledger_batch() -> usize {
 }
 fn default_ledger_flush() -> u64 {
     100
+}
+fn default_check_interval() -> u64 {
+    10_000
+}
+fn default_check_timeout() -> u64 {
+    2_000
 }
 fn default_eject_after() -> u32 {
     3

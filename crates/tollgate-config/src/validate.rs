@@ -9,8 +9,8 @@ use tollgate_auth::KeyHash;
 
 use crate::raw::{self, ConfigFile, ProviderKind};
 use crate::{
-    AdminSettings, Budget, Config, ConfigError, ConfigErrors, Failover, FailoverOn, HashOn,
-    HealthPolicy, Key, LedgerSettings, LimitSettings, Limits, Model, ModelAccess, Pricing,
+    ActiveCheck, AdminSettings, Budget, Config, ConfigError, ConfigErrors, Failover, FailoverOn,
+    HashOn, HealthPolicy, Key, LedgerSettings, LimitSettings, Limits, Model, ModelAccess, Pricing,
     Provider, ProviderTimeouts, Secret, Server, StoreSettings, Strategy, Target, Team,
     TimeoutOverrides,
 };
@@ -762,10 +762,27 @@ fn provider(
             headers.push((k, v));
         }
     }
+    let health_check = p.health_check.map(|h| {
+        if !h.path.starts_with('/') {
+            errors.push(format!("{path}.health_check.path"), "must start with `/`");
+        }
+        if h.interval_ms == 0 || h.timeout_ms == 0 {
+            errors.push(
+                format!("{path}.health_check"),
+                "interval_ms and timeout_ms must be at least 1",
+            );
+        }
+        ActiveCheck {
+            path: h.path,
+            interval: Duration::from_millis(h.interval_ms.max(1)),
+            timeout: Duration::from_millis(h.timeout_ms.max(1)),
+        }
+    });
     if errors.0.len() != before {
         return None;
     }
     Some(Some(Provider {
+        health_check,
         name: name.to_string(),
         kind: p.kind,
         tls,

@@ -48,6 +48,7 @@ pub struct Metrics {
     target_healthy: prometheus::IntGaugeVec,
     target_in_flight: prometheus::IntGaugeVec,
     target_ttft: prometheus::GaugeVec,
+    provider_check: prometheus::IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -333,6 +334,17 @@ impl Metrics {
             )
             .expect("metric"),
         );
+        let provider_check = reg(
+            &r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_provider_health_check_up",
+                    "1 if the provider's last active health check passed, 0 if it failed.",
+                ),
+                &[PROVIDER],
+            )
+            .expect("metric"),
+        );
         let build = reg(&r, IntGaugeVecHelper::build_info());
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
@@ -362,6 +374,7 @@ impl Metrics {
             target_healthy,
             target_in_flight,
             target_ttft,
+            provider_check,
         }
     }
 
@@ -511,6 +524,13 @@ impl Metrics {
         if let Some(t) = ttft {
             self.target_ttft.with_label_values(&labels).set(t);
         }
+    }
+
+    /// Publish an active health check's verdict.
+    pub fn provider_check(&self, provider: &str, up: bool) {
+        self.provider_check
+            .with_label_values(&[provider])
+            .set(i64::from(up));
     }
 
     /// Keys loaded.

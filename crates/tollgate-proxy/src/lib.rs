@@ -26,6 +26,7 @@ pub mod app;
 pub mod ctx;
 pub mod exchange;
 pub mod gateway;
+pub mod health;
 pub mod ledger;
 pub mod policy;
 pub mod respond;

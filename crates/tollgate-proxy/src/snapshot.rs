@@ -137,6 +137,8 @@ pub struct ProviderEntry {
     pub api_version: Option<String>,
     /// Timeouts.
     pub timeouts: ProviderTimeouts,
+    /// Active health check, if configured.
+    pub health_check: Option<tollgate_config::ActiveCheck>,
     host: String,
     port: u16,
     tls: bool,
@@ -173,6 +175,21 @@ impl ProviderEntry {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % peers.len();
         Some(peers[i].clone())
+    }
+
+    /// The resolved peers (for active health checks).
+    pub fn peers(&self) -> Arc<Vec<HttpPeer>> {
+        self.peers.load_full()
+    }
+
+    /// Host name (for SNI and the `Host` of health checks).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether TLS is used.
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// Whether any address is known.
@@ -268,6 +285,7 @@ impl Snapshot {
                 headers,
                 api_version: p.api_version.clone(),
                 timeouts: p.timeouts,
+                health_check: p.health_check.clone(),
                 host: p.host.clone(),
                 port: p.port,
                 tls: p.tls,

@@ -109,6 +109,8 @@ pub struct TargetState {
     ejected: AtomicBool,
     /// A half-open probe is in flight.
     probing: AtomicBool,
+    /// An active health check says the provider is down.
+    check_down: AtomicBool,
     ejections: AtomicU64,
 }
 
@@ -127,6 +129,7 @@ impl TargetState {
             cool_until: AtomicU64::new(0),
             ejected: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            check_down: AtomicBool::new(false),
             ejections: AtomicU64::new(0),
         }
     }
@@ -152,8 +155,21 @@ impl TargetState {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// Record the verdict of an active health check.
+    pub fn set_check_down(&self, down: bool) {
+        self.check_down.store(down, Ordering::Release);
+    }
+
+    /// Whether an active health check says the target is down.
+    pub fn check_down(&self) -> bool {
+        self.check_down.load(Ordering::Acquire)
+    }
+
     /// The circuit now.
     pub fn circuit(&self, now: Instant) -> Circuit {
+        if self.check_down() {
+            return Circuit::Open;
+        }
         let until = self.down_until.load(Ordering::Acquire);
         if until == 0 {
             Circuit::Closed

@@ -178,6 +178,10 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
         "policy sync",
         services::PolicySync::new(app.clone()),
     ));
+    server.add_service(pingora::services::background::background_service(
+        "active health checks",
+        services::ActiveChecks::new(app.clone()),
+    ));
     if let Some(addr) = config.mock_upstream {
         server.add_service(pingora::services::background::background_service(
             "mock provider",

@@ -29,6 +29,26 @@ impl BackgroundService for PolicySync {
     }
 }
 
+/// Active health checks of the providers that configure one
+/// (see [`App::run_active_checks`]).
+pub struct ActiveChecks {
+    app: Arc<App>,
+}
+
+impl ActiveChecks {
+    /// Check this app's providers.
+    pub fn new(app: Arc<App>) -> Self {
+        ActiveChecks { app }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ActiveChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.app.run_active_checks(shutdown).await;
+    }
+}
+
 /// Re-resolves provider host names every 30 s, off the request path
 /// (`HttpPeer::new` would resolve blocking, and panic on failure).
 pub struct DnsRefresh {
