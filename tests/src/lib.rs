@@ -141,7 +141,8 @@ impl Harness {
     async fn build(template: &str, store_url: Option<&str>) -> Harness {
         let mock = MockServer::start(MockConfig {
             api_key: Some(UPSTREAM_KEY.into()),
-            ..MockConfig::default()
+            // Enough for the balancing tests to count every request.
+            record_limit: 4096,
         })
         .await
         .unwrap();

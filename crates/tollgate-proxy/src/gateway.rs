@@ -231,13 +231,14 @@ impl Gateway {
                     // A key-specific refusal: cool that key; another key may work.
                     "rate_limited" | "unauthorized" => {
                         let pool = target.provider.keys.len() > 1;
+                        // Only a pool benches a key: a lone key is the provider's
+                        // only way in, for every model on it, while a 429 is
+                        // usually about one model; the target rests instead.
                         let d = match (f.outcome, f.retry_after) {
-                            ("unauthorized", _) if pool => Some(Duration::from_secs(300)),
-                            ("rate_limited", Some(d)) => Some(d),
-                            // Without Retry-After, a lone key is not benched: there
-                            // is nothing to rotate to, and no wait was asked for.
-                            ("rate_limited", None) if pool => Some(Duration::from_secs(1)),
-                            _ => None,
+                            _ if !pool => None,
+                            ("unauthorized", _) => Some(Duration::from_secs(300)),
+                            (_, Some(d)) => Some(d),
+                            (_, None) => Some(Duration::from_secs(1)),
                         };
                         if let Some(d) = d {
                             slot.cool_down(now, d);
