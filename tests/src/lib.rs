@@ -54,6 +54,9 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            // As Pingora's own listener does: without it every response on a
+            // kept-alive connection waits for the peer's delayed ACK.
+            let _ = tcp.set_nodelay(true);
             let app = app.clone();
             let rx = rx.clone();
             tokio::spawn(async move {
@@ -227,8 +230,9 @@ impl Harness {
             .unwrap()
     }
 
-    /// The metrics text.
+    /// The metrics text, gauges refreshed as the admin listener does before a scrape.
     pub fn metrics_text(&self) -> String {
+        self.app.refresh_target_gauges();
         String::from_utf8(self.metrics.encode()).unwrap()
     }
 }

@@ -134,12 +134,26 @@ impl Gateway {
         };
         let mut attempts = 0u32;
         let mut last: Option<(Arc<TargetEntry>, exchange::Failure)> = None;
+        let mut untranslatable: Option<ApiError> = None;
         'targets: for &target in &plan {
             // A target may take several attempts: one per key of its pool.
             loop {
                 if attempts >= fo.max_attempts || Instant::now() >= deadline {
                     break 'targets;
                 }
+                let up = match steps::rewrite_request(
+                    parsed,
+                    target,
+                    snap.default_completion_tokens.max(1),
+                ) {
+                    Ok(up) => up,
+                    // This provider cannot express the request (say, n > 1 for
+                    // Anthropic): skip it; if nothing else can, that is the answer.
+                    Err(e) => {
+                        untranslatable.get_or_insert(e);
+                        continue 'targets;
+                    }
+                };
                 let now = Instant::now();
                 let guard = if panic {
                     target.state.begin_anyway(now)
@@ -161,8 +175,6 @@ impl Gateway {
                 }
                 attempts += 1;
                 ctx.target = Some(target.clone());
-                let up =
-                    steps::rewrite_request(parsed, target, snap.default_completion_tokens.max(1))?;
                 let outcome = exchange::attempt(
                     session,
                     ctx,
@@ -262,6 +274,9 @@ impl Gateway {
                     continue 'targets;
                 }
             }
+        }
+        if let (None, Some(e)) = (&last, untranslatable) {
+            return Err(e.into());
         }
         match last {
             Some((target, f)) => {
