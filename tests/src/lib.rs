@@ -232,7 +232,7 @@ impl Harness {
 
     /// The metrics text, gauges refreshed as the admin listener does before a scrape.
     pub fn metrics_text(&self) -> String {
-        self.app.refresh_target_gauges();
+        self.app.refresh_gauges();
         String::from_utf8(self.metrics.encode()).unwrap()
     }
 }

@@ -762,7 +762,7 @@ fn targets(app: &App) -> Reply {
                 .keys
                 .iter()
                 .enumerate()
-                .map(|(i, k)| json!({"index": i, "cooling_ms": k.cooling(now).as_millis() as u64}))
+                .map(|(i, k)| json!({"index": i, "cooling_ms": k.cooldown.left(now).as_millis() as u64}))
                 .collect();
             data.push(json!({
                 "model": m.name,

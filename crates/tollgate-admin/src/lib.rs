@@ -62,7 +62,7 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
-                self.app.refresh_target_gauges();
+                self.app.refresh_gauges();
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

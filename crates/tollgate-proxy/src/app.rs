@@ -159,9 +159,40 @@ impl App {
         }
     }
 
-    /// Publish every target's health, in-flight count and latency estimate
-    /// (called before each scrape, so the gauges cost nothing per request).
-    pub fn refresh_target_gauges(&self) {
+    /// Publish the gauges that mirror state kept elsewhere — every target's
+    /// health, in-flight count and latency estimate, every team's and budgeted
+    /// key's spend — right before a scrape, so they cost nothing per request.
+    pub fn refresh_gauges(&self) {
+        self.refresh_target_gauges();
+        self.refresh_budget_gauges();
+    }
+
+    fn refresh_budget_gauges(&self) {
+        let policy = self.policy.load();
+        let now = crate::steps::unix_now();
+        let teams = policy
+            .teams
+            .values()
+            .map(|t| ("team", t.id.as_str(), &t.budget));
+        // Teams always; keys only when they have a budget (bounded label cardinality).
+        let keys = policy
+            .keys
+            .iter()
+            .filter(|(_, k)| !k.budget.budget().is_unlimited())
+            .map(|(_, k)| ("key", k.id.as_str(), &k.budget));
+        for (scope, id, tracker) in teams.chain(keys) {
+            let s = tracker.status(now);
+            self.metrics.budget(
+                scope,
+                id,
+                (s.day_spent, s.day_remaining()),
+                (s.month_spent, s.month_remaining()),
+                s.soft_reached(),
+            );
+        }
+    }
+
+    fn refresh_target_gauges(&self) {
         let snap = self.snapshot.load();
         let now = std::time::Instant::now();
         for m in snap.models.values() {

@@ -253,7 +253,7 @@ impl Gateway {
                             (_, None) => Some(Duration::from_secs(1)),
                         };
                         if let Some(d) = d {
-                            slot.cool_down(now, d);
+                            slot.cooldown.extend(now, d);
                         }
                         let another_key = pool && target.provider.pick_key(now).is_some();
                         if let (Some(d), false) = (f.retry_after, another_key) {
@@ -526,28 +526,6 @@ impl Gateway {
             if let Some(t) = &ctx.team {
                 t.budget.settle(reserved, cost, unix);
             }
-        }
-        for (scope, id, tracker) in [
-            ("key", key.id.as_str(), Some(&key.budget)),
-            (
-                "team",
-                ctx.team.as_ref().map_or("", |t| t.id.as_str()),
-                ctx.team.as_ref().map(|t| &t.budget),
-            ),
-        ] {
-            // Teams always; keys only when they have a budget (bounded label cardinality).
-            let Some(tracker) = tracker else { continue };
-            let s = tracker.status(unix);
-            if scope == "key" && s.budget.is_unlimited() {
-                continue;
-            }
-            self.metrics.budget(
-                scope,
-                id,
-                (s.day_spent, s.day_remaining()),
-                (s.month_spent, s.month_remaining()),
-                s.soft_reached(),
-            );
         }
         if let Some(ledger) = &self.app.ledger {
             let u = ctx.usage.unwrap_or_default();

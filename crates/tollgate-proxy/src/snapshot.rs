@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
-use parking_lot::Mutex;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use tollgate_config::{Config, Failover, HashOn, Pricing, ProviderKind, ProviderTimeouts};
 use tollgate_limits::LimitSet;
 use tollgate_metrics::{Metrics, TargetMetrics};
-use tollgate_router::{Routable, Route, TargetState};
+use tollgate_router::{Cooldown, Routable, Route, TargetState};
 
 use crate::policy::Registry;
 
@@ -97,26 +96,8 @@ impl Routable for TargetEntry {
 pub struct KeySlot {
     /// Credential and protocol headers for this key.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Not used before this time (after a 429 or 401 on it).
-    until: Mutex<Option<Instant>>,
-}
-
-impl KeySlot {
-    /// Keep this key out until `now + d`.
-    pub fn cool_down(&self, now: Instant, d: Duration) {
-        let mut u = self.until.lock();
-        let t = now + d;
-        if u.is_none_or(|old| old < t) {
-            *u = Some(t);
-        }
-    }
-
-    /// Time left in its cooldown.
-    pub fn cooling(&self, now: Instant) -> Duration {
-        self.until
-            .lock()
-            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
-    }
+    /// Not used before it ends (after a 429 or 401 on it).
+    pub cooldown: Cooldown,
 }
 
 /// A provider with its prebuilt headers and peers.
@@ -154,7 +135,7 @@ impl ProviderEntry {
         let start = self.next_key.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| self.keys[i].cooling(now).is_zero())
+            .find(|&i| !self.keys[i].cooldown.active(now))
             .map(|i| (i, &self.keys[i]))
     }
 
@@ -162,7 +143,7 @@ impl ProviderEntry {
     pub fn keys_back_in(&self, now: Instant) -> Duration {
         self.keys
             .iter()
-            .map(|k| k.cooling(now))
+            .map(|k| k.cooldown.left(now))
             .min()
             .unwrap_or_default()
     }
@@ -256,7 +237,7 @@ impl Snapshot {
                         .map_err(|_| SnapshotError::Header(name.clone()))?;
                 keys.push(KeySlot {
                     headers,
-                    until: Mutex::new(None),
+                    cooldown: Cooldown::default(),
                 });
             }
             let mut headers = Vec::with_capacity(p.headers.len());

@@ -70,6 +70,37 @@ fn ms_since_epoch(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_millis() as u64
 }
 
+/// A "not before" time that only ever moves later: a provider's `Retry-After`
+/// on a target, or a benched key of a pool. Lock-free, so every request can
+/// check it.
+#[derive(Debug, Default)]
+pub struct Cooldown {
+    /// Milliseconds since the process epoch.
+    until: AtomicU64,
+}
+
+impl Cooldown {
+    /// Stay out until at least `now + d`.
+    pub fn extend(&self, now: Instant, d: Duration) {
+        self.until
+            .fetch_max(ms_since_epoch(now + d), Ordering::AcqRel);
+    }
+
+    /// Time left (zero when over).
+    pub fn left(&self, now: Instant) -> Duration {
+        Duration::from_millis(
+            self.until
+                .load(Ordering::Acquire)
+                .saturating_sub(ms_since_epoch(now)),
+        )
+    }
+
+    /// Still running.
+    pub fn active(&self, now: Instant) -> bool {
+        ms_since_epoch(now) < self.until.load(Ordering::Acquire)
+    }
+}
+
 /// Circuit state, for metrics and the admin API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Circuit {
@@ -102,9 +133,8 @@ pub struct TargetState {
     failures: AtomicU32,
     /// Milliseconds since the process epoch until which the target is ejected.
     down_until: AtomicU64,
-    /// Milliseconds since the process epoch until which the provider asked us
-    /// to stay away (`Retry-After`).
-    cool_until: AtomicU64,
+    /// The provider asked us to stay away (`Retry-After`).
+    cooldown: Cooldown,
     /// The circuit opened (ejection), as opposed to a plain cooldown.
     ejected: AtomicBool,
     /// A half-open probe is in flight.
@@ -126,7 +156,7 @@ impl TargetState {
             ewma_us: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
-            cool_until: AtomicU64::new(0),
+            cooldown: Cooldown::default(),
             ejected: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             check_down: AtomicBool::new(false),
@@ -184,16 +214,17 @@ impl TargetState {
 
     /// Time until the target may be tried again (zero when it may now).
     pub fn retry_in(&self, now: Instant) -> Duration {
-        let until = self
-            .down_until
-            .load(Ordering::Acquire)
-            .max(self.cool_until.load(Ordering::Acquire));
-        Duration::from_millis(until.saturating_sub(ms_since_epoch(now)))
+        let ejected = Duration::from_millis(
+            self.down_until
+                .load(Ordering::Acquire)
+                .saturating_sub(ms_since_epoch(now)),
+        );
+        ejected.max(self.cooldown.left(now))
     }
 
     /// Within a provider's `Retry-After`.
     pub fn cooling(&self, now: Instant) -> bool {
-        ms_since_epoch(now) < self.cool_until.load(Ordering::Acquire)
+        self.cooldown.active(now)
     }
 
     fn usable(&self, now: Instant) -> bool {
@@ -283,8 +314,7 @@ impl TargetState {
 
     /// Keep the target out until at least `now + d` (a provider's `Retry-After`).
     pub fn cool_down(&self, now: Instant, d: Duration) {
-        self.cool_until
-            .fetch_max(ms_since_epoch(now + d), Ordering::AcqRel);
+        self.cooldown.extend(now, d);
     }
 
     fn push_down_until(&self, until: u64) {
