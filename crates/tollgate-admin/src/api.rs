@@ -178,9 +178,6 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
                 return Err(allowed("POST"));
             }
             let store = store()?;
-            if id.starts_with("config:") {
-                return Err(read_only("key", id));
-            }
             if *action == "rotate" {
                 rotate_key(app, store, id).await
             } else {
@@ -270,6 +267,42 @@ fn check_metadata(v: &Value) -> Result<(), ApiError> {
         );
     }
     Ok(())
+}
+
+/// The policy fields teams and keys share, parsed and checked, each `None`
+/// when absent (`models: Some(None)` is an explicit `null`: every model).
+struct PolicyFields {
+    models: Option<Option<Vec<String>>>,
+    limits: Option<LimitSpec>,
+    budget: Option<BudgetSpec>,
+    metadata: Option<Value>,
+}
+
+impl PolicyFields {
+    fn parse(app: &App, map: &Map<String, Value>) -> Result<PolicyFields, ApiError> {
+        let models = field::<Vec<String>>(map, "models")?;
+        if let Some(m) = &models {
+            check_models(app, m)?;
+        }
+        let limits = value::<LimitSpec>(map, "limits")?;
+        if let Some(l) = &limits {
+            check_limits(l)?;
+        }
+        let budget = value::<BudgetSpec>(map, "budget")?;
+        if let Some(b) = &budget {
+            check_budget(b)?;
+        }
+        let metadata = value::<Value>(map, "metadata")?;
+        if let Some(m) = &metadata {
+            check_metadata(m)?;
+        }
+        Ok(PolicyFields {
+            models,
+            limits,
+            budget,
+            metadata,
+        })
+    }
 }
 
 async fn check_team_exists(app: &App, id: &str) -> Result<(), ApiError> {
@@ -432,22 +465,15 @@ async fn create_team(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Repl
     if app.config.teams.contains_key(&id) {
         return Err(read_only("team", &id));
     }
-    let models = field::<Vec<String>>(&map, "models")?.flatten();
-    check_models(app, &models)?;
-    let limits = value::<LimitSpec>(&map, "limits")?.unwrap_or_default();
-    check_limits(&limits)?;
-    let budget = value::<BudgetSpec>(&map, "budget")?.unwrap_or_default();
-    check_budget(&budget)?;
-    let metadata = value::<Value>(&map, "metadata")?.unwrap_or_else(|| json!({}));
-    check_metadata(&metadata)?;
+    let f = PolicyFields::parse(app, &map)?;
     let t = store
         .create_team(&NewTeam {
             id,
             description: field::<String>(&map, "description")?.flatten(),
-            models,
-            limits,
-            budget,
-            metadata,
+            models: f.models.flatten(),
+            limits: f.limits.unwrap_or_default(),
+            budget: f.budget.unwrap_or_default(),
+            metadata: f.metadata.unwrap_or_else(|| json!({})),
         })
         .await
         .map_err(store_error)?;
@@ -456,35 +482,17 @@ async fn create_team(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Repl
 }
 
 async fn update_team(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8]) -> Reply {
-    if app.config.teams.contains_key(id) {
-        return Err(read_only("team", id));
-    }
     let map = object(b, &TEAM_FIELDS[1..])?;
-    let models = field::<Vec<String>>(&map, "models")?;
-    if let Some(m) = &models {
-        check_models(app, m)?;
-    }
-    let limits = value::<LimitSpec>(&map, "limits")?;
-    if let Some(l) = &limits {
-        check_limits(l)?;
-    }
-    let budget = value::<BudgetSpec>(&map, "budget")?;
-    if let Some(b) = &budget {
-        check_budget(b)?;
-    }
-    let metadata = value::<Value>(&map, "metadata")?;
-    if let Some(m) = &metadata {
-        check_metadata(m)?;
-    }
+    let f = PolicyFields::parse(app, &map)?;
     let t = store
         .update_team(
             id,
             &TeamPatch {
                 description: field::<String>(&map, "description")?,
-                models,
-                limits,
-                budget,
-                metadata,
+                models: f.models,
+                limits: f.limits,
+                budget: f.budget,
+                metadata: f.metadata,
             },
         )
         .await
@@ -495,9 +503,6 @@ async fn update_team(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8
 }
 
 async fn delete_team(app: &App, store: &tollgate_store::Store, id: &str) -> Reply {
-    if app.config.teams.contains_key(id) {
-        return Err(read_only("team", id));
-    }
     if !store.delete_team(id).await.map_err(store_error)? {
         return Err(not_found("team", id));
     }
@@ -632,14 +637,7 @@ async fn create_key(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Reply
     if let Some(t) = &team_id {
         check_team_exists(app, t).await?;
     }
-    let models = field::<Vec<String>>(&map, "models")?.flatten();
-    check_models(app, &models)?;
-    let limits = value::<LimitSpec>(&map, "limits")?.unwrap_or_default();
-    check_limits(&limits)?;
-    let budget = value::<BudgetSpec>(&map, "budget")?.unwrap_or_default();
-    check_budget(&budget)?;
-    let metadata = value::<Value>(&map, "metadata")?.unwrap_or_else(|| json!({}));
-    check_metadata(&metadata)?;
+    let f = PolicyFields::parse(app, &map)?;
     let (secret, hash, prefix) = new_secret();
     let id = format!("key_{}", hex::encode(rand::random::<[u8; 8]>()));
     let k = store
@@ -649,12 +647,12 @@ async fn create_key(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Reply
             hash,
             prefix,
             team_id,
-            models,
-            limits,
-            budget,
+            models: f.models.flatten(),
+            limits: f.limits.unwrap_or_default(),
+            budget: f.budget.unwrap_or_default(),
             disabled: value::<bool>(&map, "disabled")?.unwrap_or(false),
             expires_at: expiry(&map)?.flatten(),
-            metadata,
+            metadata: f.metadata.unwrap_or_else(|| json!({})),
         })
         .await
         .map_err(store_error)?;
@@ -666,30 +664,12 @@ async fn create_key(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Reply
 }
 
 async fn update_key(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8]) -> Reply {
-    if id.starts_with("config:") {
-        return Err(read_only("key", id));
-    }
     let map = object(b, KEY_FIELDS)?;
     let team_id = field::<String>(&map, "team_id")?;
     if let Some(Some(t)) = &team_id {
         check_team_exists(app, t).await?;
     }
-    let models = field::<Vec<String>>(&map, "models")?;
-    if let Some(m) = &models {
-        check_models(app, m)?;
-    }
-    let limits = value::<LimitSpec>(&map, "limits")?;
-    if let Some(l) = &limits {
-        check_limits(l)?;
-    }
-    let budget = value::<BudgetSpec>(&map, "budget")?;
-    if let Some(b) = &budget {
-        check_budget(b)?;
-    }
-    let metadata = value::<Value>(&map, "metadata")?;
-    if let Some(m) = &metadata {
-        check_metadata(m)?;
-    }
+    let f = PolicyFields::parse(app, &map)?;
     let name = value::<String>(&map, "name")?;
     if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 128) {
         return Err(ApiError::invalid_request("`name` is 1 to 128 characters").with_param("name"));
@@ -697,12 +677,12 @@ async fn update_key(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8]
     let patch = KeyPatch {
         name,
         team_id,
-        models,
-        limits,
-        budget,
+        models: f.models,
+        limits: f.limits,
+        budget: f.budget,
         disabled: value::<bool>(&map, "disabled")?,
         expires_at: expiry(&map)?,
-        metadata,
+        metadata: f.metadata,
     };
     let k = store
         .update_key(id, &patch)
@@ -727,9 +707,6 @@ async fn rotate_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply
 }
 
 async fn delete_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply {
-    if id.starts_with("config:") {
-        return Err(read_only("key", id));
-    }
     if !store.delete_key(id).await.map_err(store_error)? {
         return Err(not_found("key", id));
     }
