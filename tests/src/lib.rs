@@ -30,6 +30,10 @@ pub struct Harness {
     pub mock: MockServer,
     pub state: SharedSnapshot,
     pub app: Arc<App>,
+    /// One client for every request of this harness: a request whose response
+    /// was read to the end leaves its connection for the next, and the gateway
+    /// reads that next request only after the previous one's accounting ran.
+    pub http: reqwest::Client,
     _shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -176,6 +180,7 @@ impl Harness {
             mock,
             state: app.snapshot.clone(),
             app,
+            http: client(),
             _shutdown: tx,
             tasks: vec![t1, t2, t3, t4],
         }
@@ -221,13 +226,43 @@ impl Harness {
         path: &str,
         body: &serde_json::Value,
     ) -> reqwest::Response {
-        client()
+        self.http
             .post(self.url(path))
             .bearer_auth(key)
             .json(body)
             .send()
             .await
             .unwrap()
+    }
+
+    /// `x-ratelimit-remaining-tokens` for `key`, read from `GET /v1/models`.
+    pub async fn tokens_remaining(&self, key: &str) -> u64 {
+        let r = self
+            .http
+            .get(self.url("/v1/models"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        r.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Wait (at most 5 s) until `key` has at least `n` tokens left: a
+    /// request's reservation is settled in its accounting step, just after the
+    /// client got the last byte.
+    pub async fn tokens_back(&self, key: &str, n: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let left = self.tokens_remaining(key).await;
+            if left >= n || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// The metrics text, gauges refreshed as the admin listener does before a scrape.

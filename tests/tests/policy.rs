@@ -79,6 +79,20 @@ async fn create_key(h: &Harness, body: Value) -> (String, String) {
     )
 }
 
+/// Wait (at most 5 s) until no budget of key `id` is held by a request in
+/// flight: the accounting step settles it just after the client's last byte.
+async fn settled(h: &Harness, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, k) = h.admin("GET", &format!("/admin/v1/keys/{id}"), None).await;
+        if k["spend"]["in_flight_usd"] == 0.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never settled: {k}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn chat(model: &str, content: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}]})
 }
@@ -278,9 +292,14 @@ async fn layered_limits_refuse_with_the_right_layer(url: &str) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "1000");
     assert_eq!(r.headers()["x-ratelimit-scope-tokens"], "key");
-    // The real usage (a few tokens) replaced the reservation, so another fits …
+    r.bytes().await.unwrap();
+    // The real usage (a few tokens) replaces the reservation in the accounting step …
+    let left = h.tokens_back(&key, 900).await;
+    assert!((900..1000).contains(&left), "{left}");
+    // … so another fits …
     let r = h.post_as(&key, "/v1/chat/completions", &big).await;
     assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
     // … but not one that alone asks more than the bucket holds.
     big["max_tokens"] = json!(5000);
     let r = h.post_as(&key, "/v1/chat/completions", &big).await;
@@ -438,8 +457,8 @@ async fn concurrency_cap(url: &str) {
 
 async fn budgets_refuse_once_spent(url: &str) {
     let h = Harness::with_store(CONFIG, url).await;
-    // At $1000/$2000 per 1M tokens one small request costs about a cent. One
-    // connection: each request is settled before the next is read.
+    // At $1000/$2000 per 1M tokens one small request costs about a cent. Each
+    // request is settled before the next is sent.
     let (id, key) = create_key(
         &h,
         json!({"name": "thrifty", "budget": {"daily_usd": 0.1, "soft_pct": 10}}),
@@ -460,8 +479,8 @@ async fn budgets_refuse_once_spent(url: &str) {
         if r.status() != 200 {
             break r;
         }
-        // Read to the end, so the connection is reused (and the request settled first).
         r.bytes().await.unwrap();
+        settled(&h, &id).await;
         spent += 1;
         assert!(spent < 50, "the budget never ran out");
     };
