@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use tollgate_auth::KeyHash;
 use tollgate_limits::{period_starts, BudgetStatus};
 use tollgate_proxy::policy::{config_key_id, Source};
-use tollgate_proxy::App;
+use tollgate_proxy::{App, ReloadError};
 use tollgate_schema::{ApiError, ErrorType};
 use tollgate_store::{
     BudgetSpec, GroupBy, KeyPatch, KeyRecord, LimitSpec, NewKey, NewTeam, StoreError, Team,
@@ -30,6 +30,42 @@ fn ok(status: u16, v: &Value) -> Reply {
         "application/json",
         serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))?,
     ))
+}
+
+/// `POST /admin/v1/reload`: the same as SIGHUP, but the caller sees the outcome.
+async fn reload(app: &App) -> Reply {
+    match app.reload().await {
+        Ok(r) => ok(
+            200,
+            &json!({"status": "reloaded", "needs_upgrade": r.needs_upgrade}),
+        ),
+        Err(ReloadError::Invalid(errs)) => {
+            let errors: Vec<Value> = errs
+                .0
+                .iter()
+                .map(|e| json!({"path": e.path, "message": e.message}))
+                .collect();
+            ok(
+                422,
+                &json!({"error": {
+                    "message": format!("The config file is invalid ({} error(s)); the running config stays in force.", errors.len()),
+                    "type": "invalid_request_error",
+                    "param": null,
+                    "code": "invalid_config",
+                    "errors": errors,
+                }}),
+            )
+        }
+        Err(e @ ReloadError::NoFile) => {
+            Err(ApiError::new(409, ErrorType::InvalidRequest, e.to_string()).with_code("no_config_file"))
+        }
+        Err(e @ ReloadError::Apply(_)) => Err(ApiError::new(
+            503,
+            ErrorType::Api,
+            format!("The config is valid but could not be applied; the running config stays in force: {e}"),
+        )
+        .with_code("reload_failed")),
+    }
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -84,7 +120,7 @@ pub async fn handle(app: &App, session: &mut ServerSession) -> Response<Vec<u8>>
 }
 
 fn authorize(app: &App, session: &ServerSession) -> Result<(), ApiError> {
-    let Some(expected) = app.config.admin.token_hash else {
+    let Some(expected) = app.config().admin.token_hash else {
         return Err(ApiError::new(
             403,
             ErrorType::Permission,
@@ -134,7 +170,11 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
     };
     let allowed = |a: &str| ApiError::method_not_allowed(m, &path, a);
     match parts.as_slice() {
-        ["teams", id] if app.config.teams.contains_key(*id) && m != "GET" => {
+        ["reload"] => match m {
+            "POST" => reload(app).await,
+            _ => Err(allowed("POST")),
+        },
+        ["teams", id] if app.config().teams.contains_key(*id) && m != "GET" => {
             Err(read_only("team", id))
         }
         ["teams"] => match m {
@@ -306,7 +346,7 @@ impl PolicyFields {
 }
 
 async fn check_team_exists(app: &App, id: &str) -> Result<(), ApiError> {
-    if app.config.teams.contains_key(id) {
+    if app.config().teams.contains_key(id) {
         return Ok(());
     }
     let store = app.store.as_ref().ok_or_else(|| not_found("team", id))?;
@@ -420,14 +460,14 @@ fn budget_spec(b: &tollgate_config::Budget) -> BudgetSpec {
 
 async fn list_teams(app: &App) -> Reply {
     let mut data: Vec<Value> = app
-        .config
+        .config()
         .teams
         .values()
         .map(|t| config_team_json(app, t))
         .collect();
     if let Some(store) = &app.store {
         for t in store.list_teams().await.map_err(store_error)? {
-            if !app.config.teams.contains_key(&t.id) {
+            if !app.config().teams.contains_key(&t.id) {
                 data.push(store_team_json(app, &t));
             }
         }
@@ -436,7 +476,7 @@ async fn list_teams(app: &App) -> Reply {
 }
 
 async fn get_team(app: &App, id: &str) -> Reply {
-    if let Some(t) = app.config.teams.get(id) {
+    if let Some(t) = app.config().teams.get(id) {
         return ok(200, &config_team_json(app, t));
     }
     let store = app.store.as_ref().ok_or_else(|| not_found("team", id))?;
@@ -462,7 +502,7 @@ async fn create_team(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Repl
                 .with_param("id"),
         );
     }
-    if app.config.teams.contains_key(&id) {
+    if app.config().teams.contains_key(&id) {
         return Err(read_only("team", &id));
     }
     let f = PolicyFields::parse(app, &map)?;
@@ -545,7 +585,7 @@ fn key_json(app: &App, k: &KeyRecord) -> Value {
 }
 
 fn config_keys_json(app: &App, team: Option<&str>) -> Vec<Value> {
-    app.config
+    app.config()
         .keys
         .iter()
         .filter(|k| team.is_none_or(|t| k.team.as_deref() == Some(t)))

@@ -135,7 +135,7 @@ pub struct AdminSettings {
 }
 
 /// `ledger:`
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LedgerSettings {
     /// Records waiting to be written, at most.
     pub queue_capacity: usize,
@@ -160,9 +160,10 @@ pub struct Server {
     pub client_read_timeout: Duration,
     /// Timeout for each write to a client.
     pub client_write_timeout: Duration,
-    /// How long a stopping process waits before it starts to drain.
+    /// The longest a stopping process lets running requests and streams
+    /// finish (it exits as soon as none is left).
     pub grace_period: Duration,
-    /// How long a stopping process lets in-flight requests finish.
+    /// Then, how long its runtimes get to stop and its ledger to flush.
     pub graceful_shutdown_timeout: Duration,
     /// Unix socket for the listening-socket hand-over on upgrade.
     pub upgrade_sock: PathBuf,
@@ -170,6 +171,23 @@ pub struct Server {
     pub pid_file: PathBuf,
     /// Write one JSON access-log line per request.
     pub access_log: bool,
+    /// TLS listeners, if any.
+    pub tls: Option<Tls>,
+    /// Accept HTTP/2 without TLS (prior knowledge) on the plain listeners.
+    pub h2c: bool,
+}
+
+/// TLS on the data plane.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// Addresses that speak TLS.
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Offer HTTP/2 through ALPN.
+    pub h2: bool,
 }
 
 /// One upstream provider.

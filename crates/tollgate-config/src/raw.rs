@@ -172,6 +172,20 @@ pub(crate) struct ServerSection {
     pub pid_file: PathBuf,
     #[serde(default = "yes")]
     pub access_log: bool,
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub listen: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default = "yes")]
+    pub h2: bool,
 }
 
 impl Default for ServerSection {
@@ -187,6 +201,8 @@ impl Default for ServerSection {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             access_log: true,
+            tls: None,
+            h2c: false,
         }
     }
 }
@@ -397,10 +413,10 @@ fn default_max_body() -> u64 {
     32 * 1024 * 1024
 }
 fn default_grace() -> u64 {
-    5
+    60
 }
 fn default_shutdown() -> u64 {
-    30
+    5
 }
 fn default_client_read_ms() -> u64 {
     60_000

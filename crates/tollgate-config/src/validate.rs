@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tollgate_auth::KeyHash;
@@ -12,7 +12,7 @@ use crate::{
     ActiveCheck, AdminSettings, Budget, Config, ConfigError, ConfigErrors, Failover, FailoverOn,
     HashOn, HealthPolicy, Key, LedgerSettings, LimitSettings, Limits, Model, ModelAccess, Pricing,
     Provider, ProviderTimeouts, Secret, Server, StoreSettings, Strategy, Target, Team,
-    TimeoutOverrides,
+    TimeoutOverrides, Tls,
 };
 
 fn limits(errors: &mut Errors, path: &str, l: raw::LimitSpecSection) -> Limits {
@@ -191,10 +191,7 @@ fn price_table(
 ) -> BTreeMap<String, Pricing> {
     let mut table = BTreeMap::new();
     if let Some(f) = file {
-        let f = match base_dir {
-            Some(b) if f.is_relative() => b.join(f),
-            _ => f.to_path_buf(),
-        };
+        let f = resolve(base_dir, f);
         let parsed = std::fs::read_to_string(&f)
             .map_err(|e| format!("cannot read {}: {e}", f.display()))
             .and_then(|text| {
@@ -241,7 +238,7 @@ fn addr(errors: &mut Errors, path: &str, s: &str) -> Option<SocketAddr> {
 
 pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
     let mut errors = Errors(Vec::new());
-    let server = server(&mut errors, file.server);
+    let server = server(&mut errors, file.server, base_dir);
     let mock_upstream = file
         .mock_upstream
         .and_then(|m| addr(&mut errors, "mock_upstream.listen", &m.listen));
@@ -553,7 +550,15 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
     })
 }
 
-fn server(errors: &mut Errors, s: raw::ServerSection) -> Option<Server> {
+/// A path from the file, relative to the file's directory.
+fn resolve(base_dir: Option<&Path>, p: &Path) -> PathBuf {
+    match base_dir {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn server(errors: &mut Errors, s: raw::ServerSection, base_dir: Option<&Path>) -> Option<Server> {
     if s.listen.is_empty() {
         errors.push("server.listen", "at least one listen address is needed");
     }
@@ -578,8 +583,44 @@ fn server(errors: &mut Errors, s: raw::ServerSection) -> Option<Server> {
             errors.push(format!("server.timeouts.{field}"), "must be at least 1");
         }
     }
+    let tls = s.tls.map(|t| {
+        if t.listen.is_empty() {
+            errors.push("server.tls.listen", "at least one listen address is needed");
+        }
+        let listen = t
+            .listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| addr(errors, &format!("server.tls.listen[{i}]"), a))
+            .collect::<Vec<_>>();
+        for (field, path) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            let path = resolve(base_dir, path);
+            if let Err(e) = std::fs::metadata(&path) {
+                errors.push(
+                    format!("server.tls.{field}"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+        Tls {
+            listen,
+            cert_file: resolve(base_dir, &t.cert_file),
+            key_file: resolve(base_dir, &t.key_file),
+            h2: t.h2,
+        }
+    });
+    let mut all: Vec<&SocketAddr> = listen.iter().collect();
+    all.extend(tls.iter().flat_map(|t| t.listen.iter()));
+    all.extend(admin_listen.iter());
+    for (i, a) in all.iter().enumerate() {
+        if all[..i].contains(a) && a.port() != 0 {
+            errors.push("server", format!("{a} is used by two listeners"));
+        }
+    }
     Some(Server {
         listen,
+        tls,
+        h2c: s.h2c,
         admin_listen: admin_listen?,
         threads: s.threads,
         max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
@@ -633,10 +674,7 @@ fn provider(
         (Some(_), Some(_)) => None,
         (Some(k), None) => Some(k.trim().to_string()),
         (None, Some(f)) => {
-            let f = match base_dir {
-                Some(b) if f.is_relative() => b.join(f),
-                _ => f.clone(),
-            };
+            let f = resolve(base_dir, f);
             match std::fs::read_to_string(&f) {
                 Ok(s) => Some(s.trim().to_string()),
                 Err(e) => {

@@ -26,6 +26,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
+    tpot: HistogramVec,
     token_usage: HistogramVec,
     tokens: IntCounterVec,
     cost: prometheus::CounterVec,
@@ -49,6 +50,8 @@ pub struct Metrics {
     target_in_flight: prometheus::IntGaugeVec,
     target_ttft: prometheus::GaugeVec,
     provider_check: prometheus::IntGaugeVec,
+    reloads: IntCounterVec,
+    last_reload: prometheus::Gauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -103,6 +106,21 @@ impl Metrics {
                 )
                 .buckets(vec![
                     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &[MODEL, PROVIDER],
+            )
+            .expect("metric"),
+        );
+        let tpot = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "gen_ai_server_time_per_output_token_seconds",
+                    "Time per output token after the first, for streamed responses.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
+                    0.15, 0.2, 0.3, 0.5, 1.0,
                 ]),
                 &[MODEL, PROVIDER],
             )
@@ -345,6 +363,34 @@ impl Metrics {
             )
             .expect("metric"),
         );
+        let reloads = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_config_reloads_total",
+                    "Config reloads (SIGHUP or admin API), by result: ok or failed.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+        );
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        let last_reload = reg(
+            &r,
+            prometheus::Gauge::new(
+                "tollgate_config_last_reload_success_timestamp_seconds",
+                "When the config in force was loaded (start or last successful reload), Unix seconds.",
+            )
+            .expect("metric"),
+        );
+        last_reload.set(unix_now());
+        // CPU, memory, file descriptors and threads of this process (Linux).
+        #[cfg(target_os = "linux")]
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let build = reg(&r, IntGaugeVecHelper::build_info());
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
@@ -352,6 +398,7 @@ impl Metrics {
             requests,
             duration,
             ttft,
+            tpot,
             token_usage,
             tokens,
             cost,
@@ -375,6 +422,18 @@ impl Metrics {
             target_in_flight,
             target_ttft,
             provider_check,
+            reloads,
+            last_reload,
+        }
+    }
+
+    /// Count a config reload.
+    pub fn config_reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+        if ok {
+            self.last_reload.set(unix_now());
         }
     }
 
@@ -398,6 +457,7 @@ impl Metrics {
                 .duration
                 .with_label_values(&["embeddings", model, provider]),
             ttft: self.ttft.with_label_values(&[model, provider]),
+            tpot: self.tpot.with_label_values(&[model, provider]),
             usage_input: self
                 .token_usage
                 .with_label_values(&[model, provider, "input"]),
@@ -557,6 +617,12 @@ impl IntGaugeVecHelper {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn status_str(status: u16, buf: &mut [u8; 3]) -> &str {
     if !(100..=999).contains(&status) {
         return "000";
@@ -576,6 +642,8 @@ pub struct TargetMetrics {
     pub embeddings_duration: Histogram,
     /// Time to first token.
     pub ttft: Histogram,
+    /// Time per output token after the first.
+    pub tpot: Histogram,
     /// Input tokens per request.
     pub usage_input: Histogram,
     /// Output tokens per request.

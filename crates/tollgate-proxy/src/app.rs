@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use tokio::sync::{watch, Notify};
-use tollgate_config::Config;
+
+use tollgate_config::{Config, ConfigErrors};
 use tollgate_limits::period_starts;
 use tollgate_metrics::Metrics;
 use tollgate_store::{Store, StoreError};
@@ -36,8 +38,14 @@ pub enum AppError {
 
 /// Everything the data plane and the admin API share.
 pub struct App {
-    /// The config the process started with.
-    pub config: Config,
+    /// The config in force: the one the process started with, or the last
+    /// one reloaded.
+    config: ArcSwap<Config>,
+    /// The config the process started with: its listeners, threads and store
+    /// stay in force until an upgrade, whatever a reload reads.
+    started_with: Arc<Config>,
+    /// The file the config came from, for a reload.
+    config_path: Option<PathBuf>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Models and providers.
@@ -52,11 +60,43 @@ pub struct App {
     pub ledger: Option<Ledger>,
     sync_now: Notify,
     sync_lock: tokio::sync::Mutex<()>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Settings that changed in the file but apply only to a new process
+    /// (listeners, threads, store, ledger): they need an upgrade.
+    pub needs_upgrade: Vec<String>,
+}
+
+/// Why a reload was refused; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The process was not started from a file.
+    #[error("this gateway was not started from a config file")]
+    NoFile,
+    /// The new file is invalid.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// The file is valid but cannot be put in force.
+    #[error("{0}")]
+    Apply(String),
 }
 
 impl App {
     /// Open the store (running migrations), load keys, teams and spend, start the ledger writer.
     pub async fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<App>, AppError> {
+        Self::start_from(config, None, metrics).await
+    }
+
+    /// [`App::start`], remembering the file so that [`App::reload`] can read it again.
+    pub async fn start_from(
+        config: Config,
+        path: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<App>, AppError> {
         let registry = Arc::new(Registry::default());
         let store = match &config.store {
             Some(s) => {
@@ -91,9 +131,12 @@ impl App {
             store,
             ledger,
             metrics,
-            config,
+            started_with: Arc::new(config.clone()),
+            config: ArcSwap::from_pointee(config),
+            config_path: path,
             sync_now: Notify::new(),
             sync_lock: tokio::sync::Mutex::new(()),
+            reload_lock: tokio::sync::Mutex::new(()),
         });
         app.sync_policy().await?;
         Ok(app)
@@ -118,10 +161,74 @@ impl App {
         let changed = store.changed_keys(current.version).await?;
         let teams = store.list_teams().await?;
         let version = changed.last().map_or(version, |k| k.version.max(version));
-        let next = current.with_changes(&self.config, &self.registry, &teams, &changed, version);
+        let next = current.with_changes(&self.config(), &self.registry, &teams, &changed, version);
         self.metrics.policy_keys().set(next.keys.len() as i64);
         self.policy.store(Arc::new(next));
         Ok(true)
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Read the config file again and, if it is valid, put it in force:
+    /// models, providers, limits, prices, keys and teams of the file. Requests
+    /// already running keep the snapshot they started with. An invalid file
+    /// changes nothing. Counted in `tollgate_config_reloads_total`.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let result = self.reload_inner().await;
+        match &result {
+            Ok(r) => {
+                self.metrics.config_reload(true);
+                log::info!("config reloaded");
+                for s in &r.needs_upgrade {
+                    log::warn!("config reload: `{s}` changed; it applies after an upgrade (SIGQUIT + serve -u)");
+                }
+            }
+            Err(e) => {
+                self.metrics.config_reload(false);
+                log::error!("config reload refused, the running config stays: {e}");
+            }
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<Reloaded, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
+        // One reload at a time: two would race to swap in their snapshots.
+        let _reloading = self.reload_lock.lock().await;
+        // Reading secrets files and resolving provider hosts block.
+        let registry = self.registry.clone();
+        let metrics = self.metrics.clone();
+        let previous = self.snapshot.load_full();
+        let (next, snapshot) = tokio::task::spawn_blocking(move || {
+            let next = Config::load(&path).map_err(ReloadError::Invalid)?;
+            let snapshot = Snapshot::build(&next, &registry, &metrics, Some(&previous))
+                .map_err(|e| ReloadError::Apply(e.to_string()))?;
+            Ok::<_, ReloadError>((next, snapshot))
+        })
+        .await
+        .map_err(|e| ReloadError::Apply(e.to_string()))??;
+        let needs_upgrade = fixed_settings_changed(&self.started_with, &next);
+
+        // Keys and teams: the file's, then every store key on top, swapped in
+        // once so that no request sees a policy without the store's keys.
+        let _syncing = self.sync_lock.lock().await;
+        let mut policy = Policy::from_config(&next, &self.registry);
+        if let Some(store) = &self.store {
+            let store_err = |e: StoreError| ReloadError::Apply(format!("store: {e}"));
+            let version = store.version().await.map_err(store_err)?;
+            let keys = store.changed_keys(0).await.map_err(store_err)?;
+            let teams = store.list_teams().await.map_err(store_err)?;
+            let version = keys.last().map_or(version, |k| k.version.max(version));
+            policy = policy.with_changes(&next, &self.registry, &teams, &keys, version);
+        }
+        self.config.store(Arc::new(next));
+        self.snapshot.store(Arc::new(snapshot));
+        self.metrics.policy_keys().set(policy.keys.len() as i64);
+        self.policy.store(Arc::new(policy));
+        Ok(Reloaded { needs_upgrade })
     }
 
     /// Ask the sync task to poll now (after a write through the admin API).
@@ -215,4 +322,44 @@ impl App {
             l.shutdown(timeout);
         }
     }
+}
+
+/// Settings read once at process start: listeners, threads, files, store and
+/// ledger. A reload reports them; an upgrade applies them.
+fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<String> {
+    let (o, n) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    let mut check = |name: &str, same: bool| {
+        if !same {
+            changed.push(name.to_string());
+        }
+    };
+    check("server.listen", o.listen == n.listen);
+    check("server.admin_listen", o.admin_listen == n.admin_listen);
+    check("server.threads", o.threads == n.threads);
+    check(
+        "server.tls",
+        o.tls
+            .as_ref()
+            .map(|t| (&t.listen, &t.cert_file, &t.key_file, t.h2))
+            == n.tls
+                .as_ref()
+                .map(|t| (&t.listen, &t.cert_file, &t.key_file, t.h2)),
+    );
+    check("server.h2c", o.h2c == n.h2c);
+    check("server.grace_period_secs", o.grace_period == n.grace_period);
+    check(
+        "server.graceful_shutdown_timeout_secs",
+        o.graceful_shutdown_timeout == n.graceful_shutdown_timeout,
+    );
+    check("server.upgrade_sock", o.upgrade_sock == n.upgrade_sock);
+    check("server.pid_file", o.pid_file == n.pid_file);
+    check(
+        "store",
+        old.store.as_ref().map(|s| (&s.url, s.max_connections))
+            == new.store.as_ref().map(|s| (&s.url, s.max_connections)),
+    );
+    check("ledger", old.ledger == new.ledger);
+    check("mock_upstream", old.mock_upstream == new.mock_upstream);
+    changed
 }

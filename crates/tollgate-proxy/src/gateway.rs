@@ -447,6 +447,11 @@ impl ProxyHttp for Gateway {
             }
             if let Some(ttft) = ctx.ttft {
                 tm.ttft.observe(ttft.as_secs_f64());
+                // Semantic conventions: decode time after the first token, per later token.
+                if let Some(u) = ctx.usage.as_ref().filter(|u| u.completion_tokens > 1) {
+                    let decode = elapsed.saturating_sub(ttft).as_secs_f64();
+                    tm.tpot.observe(decode / (u.completion_tokens - 1) as f64);
+                }
             }
             if let Some(u) = &ctx.usage {
                 tm.usage_input.observe(u.prompt_tokens as f64);

@@ -33,7 +33,7 @@ pub mod respond;
 pub mod snapshot;
 pub mod steps;
 
-pub use app::{App, AppError};
+pub use app::{App, AppError, ReloadError, Reloaded};
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
 pub use policy::{Policy, Registry, SharedPolicy};

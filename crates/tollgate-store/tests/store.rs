@@ -57,8 +57,8 @@ fn rec(i: u64, ts_ms: i64) -> UsageRecord {
         } else {
             Some(format!("t{}", i % 3))
         },
-        model: if i % 2 == 0 { "gpt-4o" } else { "claude" }.into(),
-        provider: if i % 2 == 0 { "openai" } else { "anthropic" }.into(),
+        model: if i.is_multiple_of(2) { "gpt-4o" } else { "claude" }.into(),
+        provider: if i.is_multiple_of(2) { "openai" } else { "anthropic" }.into(),
         operation: "chat".into(),
         status: match i % 5 {
             0 => 500,
@@ -73,7 +73,7 @@ fn rec(i: u64, ts_ms: i64) -> UsageRecord {
         cost_usd: (i % 8) as f64 * 0.125,
         latency_ms: 10.5,
         ttft_ms: if i % 2 == 1 { Some(3.25) } else { None },
-        error: if i % 5 == 0 {
+        error: if i.is_multiple_of(5) {
             Some("upstream 500".into())
         } else {
             None

@@ -123,8 +123,66 @@ fn init_logging() {
         .init();
 }
 
-fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
+/// Become a daemon before any thread exists: the store's runtime and the
+/// ledger writer start with the app, and threads do not survive `fork`.
+/// (Pingora's own `-d` forks later, inside `Server::run`.) The parent waits
+/// until the daemon is serving — after an upgrade, until it holds the
+/// listening sockets — so that `systemctl reload` fails if the upgrade does.
+fn daemonize(config: &Config) -> Result<std::io::PipeWriter, ExitCode> {
+    use std::io::Read;
+    let pid_file = &config.server.pid_file;
+    // The running instance holds a lock on its pid file: move it aside, as Pingora does.
+    if pid_file.exists() {
+        let mut old = pid_file.clone().into_os_string();
+        old.push(".old");
+        let _ = std::fs::rename(pid_file, old);
+    }
+    let (mut ready_rx, ready_tx) = std::io::pipe().map_err(|e| {
+        eprintln!("error: cannot create a pipe: {e}");
+        ExitCode::from(1)
+    })?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let outcome = daemonix::Daemonize::new()
+        .pid_file(pid_file)
+        .working_directory(cwd)
+        .umask(0o007)
+        .stdout(daemonix::Stdio::keep())
+        .stderr(daemonix::Stdio::keep())
+        .execute();
+    match outcome {
+        daemonix::Outcome::Parent(Err(e)) => {
+            eprintln!("error: cannot daemonize: {e}");
+            Err(ExitCode::from(1))
+        }
+        daemonix::Outcome::Parent(Ok(_)) => {
+            drop(ready_tx);
+            let mut byte = [0u8; 1];
+            match ready_rx.read(&mut byte) {
+                Ok(1) => Err(ExitCode::SUCCESS),
+                _ => {
+                    eprintln!("error: the daemon exited before it was ready; see its log");
+                    Err(ExitCode::from(1))
+                }
+            }
+        }
+        daemonix::Outcome::Child(Err(e)) => {
+            eprintln!("error: cannot daemonize: {e}");
+            Err(ExitCode::from(1))
+        }
+        daemonix::Outcome::Child(Ok(_)) => Ok(ready_tx),
+    }
+}
+
+fn serve(config: Config, path: PathBuf, mut opt: Opt) -> ExitCode {
     init_logging();
+    let mut ready = None;
+    if opt.daemon {
+        match daemonize(&config) {
+            Ok(tx) => ready = Some(tx),
+            Err(code) => return code,
+        }
+        opt.daemon = false;
+    }
     let metrics = Arc::new(Metrics::new());
     // The store and ledger keep runtimes of their own; this one only runs startup.
     let started = tokio::runtime::Builder::new_current_thread()
@@ -132,8 +190,12 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
         .build()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
-            rt.block_on(App::start(config.clone(), metrics.clone()))
-                .map_err(|e| e.to_string())
+            rt.block_on(App::start_from(
+                config.clone(),
+                Some(path.clone()),
+                metrics.clone(),
+            ))
+            .map_err(|e| e.to_string())
         });
     let app = match started {
         Ok(app) => app,
@@ -150,10 +212,18 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
         pid_file: config.server.pid_file.display().to_string(),
+        // Both sides of an upgrade wait this many seconds for the other: the
+        // new process opens the store before it asks for the sockets, and
+        // Pingora's default of 5 leaves a slow store no margin.
+        upgrade_sock_connect_accept_max_retries: Some(30),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With -u this waits for the running instance's listening sockets.
     server.bootstrap();
+    if let Some(mut tx) = ready.take() {
+        let _ = tx.write_all(b"r");
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -162,6 +232,32 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    if config.server.h2c {
+        if let Some(logic) = proxy.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            logic.server_options = Some(options);
+        }
+    }
+    if let Some(tls) = &config.server.tls {
+        for addr in &tls.listen {
+            let settings = pingora::listeners::tls::TlsSettings::intermediate(
+                &tls.cert_file.display().to_string(),
+                &tls.key_file.display().to_string(),
+            );
+            let mut settings = match settings {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: server.tls: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if tls.h2 {
+                settings.enable_h2();
+            }
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
     }
     let mut admin = Service::new(
         "tollgate admin".to_string(),
@@ -173,6 +269,14 @@ fn serve(config: Config, path: PathBuf, opt: Opt) -> ExitCode {
     server.add_service(pingora::services::background::background_service(
         "dns refresh",
         services::DnsRefresh::new(app.snapshot.clone()),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "drain",
+        services::Drain::new(app.clone(), shutdown_timeout),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "config reload on SIGHUP",
+        services::ReloadOnHangup::new(app.clone()),
     ));
     server.add_service(pingora::services::background::background_service(
         "policy sync",

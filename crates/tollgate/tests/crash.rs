@@ -3,23 +3,17 @@
 //! on PostgreSQL. Runs the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, start, wait_healthy};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tollgate_store::{Store, UsageQuery};
 
 const KEY: &str = "tg-crash-test-key-0001";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Ports {
     data: u16,
@@ -57,35 +51,6 @@ admin: {{token: "tg-crash-admin-token-000"}}
     let path = dir.join("tollgate.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_healthy(admin: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let c = reqwest::Client::builder().no_proxy().build().unwrap();
-    loop {
-        if let Ok(r) = c
-            .get(format!("http://127.0.0.1:{admin}/healthz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "gateway did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn crash_and_recover(store_url: &str, dir: &Path) {
@@ -234,135 +199,4 @@ async fn kill_9_loses_nothing_older_than_a_second_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let pg = tollgate_store::testing::empty_postgres().await;
     crash_and_recover(pg.url(), dir.path()).await;
-}
-
-/// Graceful binary upgrade (Pingora's `-u` + SIGQUIT) under load: the new
-/// process takes over the listening sockets, the old one finishes what it has
-/// and flushes its ledger, and every completed request is in the ledger —
-/// written by one process or the other, none twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigquit_upgrade_loses_no_request_and_no_record() {
-    let dir = tempfile::tempdir().unwrap();
-    // The provider runs in the test, so it outlives both gateway processes.
-    let mock = tollgate_mock::MockServer::start(tollgate_mock::MockConfig::default())
-        .await
-        .unwrap();
-    let ports = Ports {
-        data: free_port(),
-        admin: free_port(),
-        mock: 0,
-    };
-    let store_url = format!("sqlite://{}/ledger.db", dir.path().display());
-    let yaml = format!(
-        r#"
-server:
-  listen: ["127.0.0.1:{data}"]
-  admin_listen: "127.0.0.1:{admin}"
-  threads: 2
-  upgrade_sock: "{dir}/upgrade.sock"
-  pid_file: "{dir}/tollgate.pid"
-  access_log: false
-  grace_period_secs: 1
-  graceful_shutdown_timeout_secs: 10
-providers:
-  mock: {{kind: openai_compatible, base_url: "{mock}/v1"}}
-models:
-  gpt-4o-mini:
-    targets: [{{provider: mock, model: gpt-4o-mini}}]
-    pricing: {{input_per_mtok: 1, output_per_mtok: 2}}
-keys:
-  - {{name: crash, key: {KEY}}}
-store: {{url: "{store_url}"}}
-"#,
-        data = ports.data,
-        admin = ports.admin,
-        dir = dir.path().display(),
-        mock = mock.base_url(),
-    );
-    let config = dir.path().join("tollgate.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let mut old = start(&config);
-    wait_healthy(ports.admin).await;
-
-    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-        let url = format!("http://127.0.0.1:{}/v1/chat/completions", ports.data);
-        tasks.push(tokio::spawn(async move {
-            let c = reqwest::Client::builder().no_proxy().build().unwrap();
-            let stream = i % 2 == 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let body = serde_json::json!({"model": "gpt-4o-mini", "stream": stream,
-                    "messages": [{"role": "user", "content": "hello [[mock:words=20,gap_ms=5]]"}]});
-                let r = c.post(&url).bearer_auth(KEY).json(&body).send().await;
-                match r {
-                    Ok(r) if r.status() == 200 => match r.text().await {
-                        Ok(t)
-                            if !stream
-                                || t.ends_with("data: [DONE]\n\n") && !t.contains("\"error\"") =>
-                        {
-                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Ok(t) => failed.lock().unwrap().push(format!("broken stream: {t}")),
-                        Err(e) => failed.lock().unwrap().push(format!("body: {e}")),
-                    },
-                    Ok(r) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}", r.status())),
-                    Err(e) => failed.lock().unwrap().push(format!("send: {e}")),
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The new process waits for the sockets, then the old one hands them over.
-    let mut new = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "-u", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Command::new("kill")
-        .args(["-QUIT", &old.id().to_string()])
-        .status()
-        .unwrap();
-    let old_exit = tokio::task::spawn_blocking(move || old.wait().unwrap());
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert!(
-        old_exit.await.unwrap().success(),
-        "the old process exits cleanly"
-    );
-    Command::new("kill")
-        .args(["-TERM", &new.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(new.wait().unwrap().success());
-
-    let failed = failed.lock().unwrap().clone();
-    let ok = ok.load(std::sync::atomic::Ordering::Relaxed);
-    let store = Store::open(&store_url, 2).await.unwrap();
-    let records = store.usage_count().await.unwrap();
-    eprintln!(
-        "upgrade test: {ok} requests completed, {} failed, {records} ledger records",
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok > 200, "too little load to test: {ok}");
-    assert_eq!(records as usize, ok, "every completed request, once");
 }
