@@ -21,16 +21,23 @@ test: deps services fmt-check clippy unit check-configs sdk fuzz-smoke
 deps: sys-deps py-deps
 
 # Pingora's zlib-ng build needs cmake and a C compiler; rustls needs the CA store at run time.
+# The deploy-kit tests need promtool (Debian's `prometheus`), systemd-analyze and shellcheck.
 sys-deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
 	[ -e /etc/ssl/certs/ca-certificates.crt ] || missing="$$missing ca-certificates"; \
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  case "$$missing" in *prometheus*) \
+	    $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	    $$SUDO pkill -x prometheus >/dev/null 2>&1 || true;; esac; \
 	fi
 
 # PostgreSQL for the store tests (started, or installed and started, if missing).
