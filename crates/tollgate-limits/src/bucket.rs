@@ -85,6 +85,24 @@ impl TokenBucket {
         }
     }
 
+    /// Charge what was taken before this bucket existed (by an earlier process,
+    /// from the usage ledger): `bins[i]` tokens taken `i` to `i + 1` bins of
+    /// `bin` ago. The debt left now is the largest, over every recent window,
+    /// of what was taken in it less what refilled since; each bin counts as
+    /// charged at its newest edge, so the result errs on the stricter side.
+    pub fn charge_history(&self, bins: &[f64], bin: Duration, now: Instant) {
+        let mut taken = 0.0_f64;
+        let mut debt = 0.0_f64;
+        for (i, b) in bins.iter().enumerate() {
+            taken += b;
+            // Over the newest i + 1 bins, only the part after the oldest charge refills.
+            debt = debt.max(taken - self.per_sec * bin.as_secs_f64() * i as f64);
+        }
+        if debt > 0.0 {
+            self.adjust(-debt, now);
+        }
+    }
+
     /// Give back (`delta > 0`) or charge (`delta < 0`) tokens after the fact.
     /// A charge may drive the bucket negative: the debt is repaid by refill time.
     pub fn adjust(&self, delta: f64, now: Instant) {
@@ -148,6 +166,39 @@ pub fn format_reset(d: Duration, out: &mut String) {
             out.truncate(out.len() - 2);
             out.push('s');
         }
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn history_charges_what_has_not_refilled_yet() {
+        let now = Instant::now();
+        // 60 per minute = 1 per second; 30 taken in the last second: 30 short
+        // (less at most one second of refill, which this errs against).
+        let b = TokenBucket::new(60, Duration::from_secs(60), now);
+        b.charge_history(&[30.0], Duration::from_secs(1), now);
+        assert!((b.status(now).remaining as f64 - 30.0).abs() <= 1.0);
+        // 30 taken 50-51 s ago have refilled but for at most one second's worth.
+        let b = TokenBucket::new(60, Duration::from_secs(60), now);
+        let mut bins = vec![0.0; 60];
+        bins[50] = 30.0;
+        b.charge_history(&bins, Duration::from_secs(1), now);
+        assert_eq!(b.status(now).remaining, 60, "refilled long ago");
+        // Steady at the limit: refill kept up, the burst is (nearly) whole.
+        let b = TokenBucket::new(60, Duration::from_secs(60), now);
+        b.charge_history(&[1.0; 60], Duration::from_secs(1), now);
+        assert!(b.status(now).remaining >= 59);
+        // Twice the limit for a minute: empty now.
+        let b = TokenBucket::new(60, Duration::from_secs(60), now);
+        b.charge_history(&[2.0; 60], Duration::from_secs(1), now);
+        assert_eq!(b.status(now).remaining, 0);
+        // Nothing taken: full.
+        let b = TokenBucket::new(60, Duration::from_secs(60), now);
+        b.charge_history(&[], Duration::from_secs(1), now);
+        assert_eq!(b.status(now).remaining, 60);
     }
 }
 

@@ -109,6 +109,23 @@ pub struct Rejection {
     pub requested: u64,
 }
 
+/// What one scope took recently, newest bin first, as read back from the usage
+/// ledger when a process starts: so that a restart or an upgrade does not hand
+/// every key a fresh minute and a fresh day.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// Requests per bin over the last minute.
+    pub minute_requests: Vec<f64>,
+    /// Tokens per bin over the last minute.
+    pub minute_tokens: Vec<f64>,
+    /// Width of a minute bin.
+    pub minute_bin: Duration,
+    /// Tokens per bin over the last day.
+    pub day_tokens: Vec<f64>,
+    /// Width of a day bin.
+    pub day_bin: Duration,
+}
+
 /// The buckets and counters of one scope.
 #[derive(Debug)]
 pub struct LimitSet {
@@ -134,6 +151,19 @@ impl LimitSet {
                 .map(|l| TokenBucket::with_burst(l, limits.tpm_burst.unwrap_or(l), MINUTE, now)),
             tpd: limits.tpd.map(|l| TokenBucket::new(l, DAY, now)),
             in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Charge what an earlier process took in this scope (see [`History`]).
+    pub fn charge_history(&self, h: &History, now: Instant) {
+        if let Some(b) = &self.rpm {
+            b.charge_history(&h.minute_requests, h.minute_bin, now);
+        }
+        if let Some(b) = &self.tpm {
+            b.charge_history(&h.minute_tokens, h.minute_bin, now);
+        }
+        if let Some(b) = &self.tpd {
+            b.charge_history(&h.day_tokens, h.day_bin, now);
         }
     }
 

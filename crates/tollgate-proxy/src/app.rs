@@ -117,6 +117,17 @@ impl App {
             let spent_day = store.spend_since(day * 1000).await?;
             let spent_month = store.spend_since(month * 1000).await?;
             registry.set_history(spent_day, spent_month);
+            // Limits continue too: a restart or upgrade must not hand every
+            // key a fresh minute and a fresh day.
+            let now_ms = crate::steps::unix_ms();
+            let minute = store.limit_usage(now_ms, 60_000, 1_000).await?;
+            let day = store.limit_usage(now_ms, 86_400_000, 900_000).await?;
+            registry.set_recent(
+                &minute,
+                Duration::from_secs(1),
+                &day,
+                Duration::from_secs(900),
+            );
         }
         let snapshot = Snapshot::build(&config, &registry, &metrics, None)?;
         let policy = Policy::from_config(&config, &registry);

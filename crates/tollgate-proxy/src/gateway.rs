@@ -535,7 +535,7 @@ impl Gateway {
         if let Some(ledger) = &self.app.ledger {
             let u = ctx.usage.unwrap_or_default();
             ledger.record(UsageRecord {
-                ts_ms: unix_ms(),
+                ts_ms: steps::unix_ms(),
                 request_id: ctx.request_id.clone(),
                 key_id: key.id.clone(),
                 key_name: key.name.clone(),
@@ -555,10 +555,4 @@ impl Gateway {
             });
         }
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

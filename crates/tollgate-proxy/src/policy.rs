@@ -9,14 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tollgate_auth::{KeyHash, KeyStore};
 use tollgate_config::{Budget, Config, Limits, ModelAccess};
-use tollgate_limits::{BudgetTracker, LimitSet};
-use tollgate_store::{BudgetSpec, KeyRecord, LimitSpec, Spend, Team};
+use tollgate_limits::{BudgetTracker, History, LimitSet};
+use tollgate_store::{BudgetSpec, KeyRecord, LimitSpec, LimitUsage, Spend, Team};
 
 /// The current policy, shared by every worker.
 pub type SharedPolicy = Arc<ArcSwap<Policy>>;
@@ -97,6 +97,9 @@ pub struct Registry {
     budgets: Mutex<HashMap<String, Arc<BudgetTracker>>>,
     /// Spend already in the ledger when this process started: (today, this month).
     history: Mutex<(Spend, Spend)>,
+    /// What each scope took in the last minute and day, per the ledger when
+    /// this process started; charged once, to the scope's first limit set.
+    recent: Mutex<HashMap<String, History>>,
 }
 
 impl Default for Registry {
@@ -105,6 +108,7 @@ impl Default for Registry {
             limits: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             history: Mutex::new((Spend::default(), Spend::default())),
+            recent: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -115,6 +119,56 @@ impl Registry {
         *self.history.lock() = (day, month);
     }
 
+    /// Seed limit state from the ledger's recent usage (bin 0 the newest):
+    /// `minute` in `minute_bin`s, `day` in `day_bin`s.
+    pub fn set_recent(
+        &self,
+        minute: &[LimitUsage],
+        minute_bin: Duration,
+        day: &[LimitUsage],
+        day_bin: Duration,
+    ) {
+        let mut recent: HashMap<String, History> = HashMap::new();
+        let scopes = |u: &LimitUsage| {
+            let mut s = vec![
+                format!("key:{}", u.key_id),
+                format!("model:{}", u.model),
+                "global".to_string(),
+            ];
+            if let Some(t) = &u.team_id {
+                s.push(format!("team:{t}"));
+            }
+            s
+        };
+        let add = |v: &mut Vec<f64>, bin: usize, n: u64| {
+            if v.len() <= bin {
+                v.resize(bin + 1, 0.0);
+            }
+            v[bin] += n as f64;
+        };
+        for u in minute {
+            for scope in scopes(u) {
+                let h = recent.entry(scope).or_default();
+                add(&mut h.minute_requests, u.bin, u.requests);
+                add(&mut h.minute_tokens, u.bin, u.tokens);
+            }
+        }
+        for u in day {
+            for scope in scopes(u) {
+                add(
+                    &mut recent.entry(scope).or_default().day_tokens,
+                    u.bin,
+                    u.tokens,
+                );
+            }
+        }
+        for h in recent.values_mut() {
+            h.minute_bin = minute_bin;
+            h.day_bin = day_bin;
+        }
+        *self.recent.lock() = recent;
+    }
+
     /// The limit set of a scope: kept while its limits are unchanged, fresh when they change.
     pub fn limit_set(&self, scope: &str, limits: Limits, now: Instant) -> Arc<LimitSet> {
         let mut map = self.limits.lock();
@@ -122,6 +176,9 @@ impl Registry {
             Some(s) if s.limits() == limits => s.clone(),
             _ => {
                 let s = Arc::new(LimitSet::new(limits, now));
+                if let Some(h) = self.recent.lock().remove(scope) {
+                    s.charge_history(&h, now);
+                }
                 map.insert(scope.to_string(), s.clone());
                 s
             }

@@ -110,7 +110,14 @@ pub fn authenticate_headers(
     Ok(key.clone())
 }
 
-/// Seconds since the epoch.
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -49,8 +49,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use types::{
-    BudgetSpec, GroupBy, KeyPatch, KeyRecord, LimitSpec, NewKey, NewTeam, ParseGroupByError, Spend,
-    Team, TeamPatch, UsageQuery, UsageRecord, UsageRow,
+    BudgetSpec, GroupBy, KeyPatch, KeyRecord, LimitSpec, LimitUsage, NewKey, NewTeam,
+    ParseGroupByError, Spend, Team, TeamPatch, UsageQuery, UsageRecord, UsageRow,
 };
 
 /// Which database a [`Store`] runs on.
@@ -432,6 +432,18 @@ impl Store {
     /// without a team are not in `by_team`).
     pub async fn spend_since(&self, since_ms: i64) -> Result<Spend, StoreError> {
         on_store!(self, spend_since(since_ms))
+    }
+
+    /// Requests and tokens per (key, team, model) in the `window_ms` before
+    /// `now_ms`, in bins of `bin_ms` (bin 0 the newest): what the limit
+    /// buckets of a starting process are charged with.
+    pub async fn limit_usage(
+        &self,
+        now_ms: i64,
+        window_ms: i64,
+        bin_ms: i64,
+    ) -> Result<Vec<LimitUsage>, StoreError> {
+        on_store!(self, limit_usage(now_ms, window_ms, bin_ms))
     }
 
     /// Number of records in the ledger.

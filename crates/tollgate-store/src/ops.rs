@@ -10,8 +10,8 @@ use sqlx::{Pool, Row, Transaction};
 use super::{begin_write, Db};
 use crate::validate::{from_json, to_json};
 use crate::{
-    now_ms, KeyPatch, KeyRecord, NewKey, NewTeam, Spend, StoreError, Team, TeamPatch, UsageQuery,
-    UsageRecord, UsageRow,
+    now_ms, KeyPatch, KeyRecord, LimitUsage, NewKey, NewTeam, Spend, StoreError, Team, TeamPatch,
+    UsageQuery, UsageRecord, UsageRow,
 };
 
 type Tx = Transaction<'static, Db>;
@@ -787,6 +787,41 @@ pub(crate) async fn spend_since(pool: &Pool<Db>, since_ms: i64) -> Result<Spend,
         }
     }
     Ok(Spend { by_key, by_team })
+}
+
+pub(crate) async fn limit_usage(
+    pool: &Pool<Db>,
+    now_ms: i64,
+    window_ms: i64,
+    bin_ms: i64,
+) -> Result<Vec<LimitUsage>, StoreError> {
+    // Requests the gateway itself refused for a limit or budget (429 before
+    // any provider) took nothing from the buckets.
+    let rows = sqlx::query(
+        "SELECT key_id, team_id, model, CAST(($1 - ts_ms) / $3 AS BIGINT) AS bin, \
+         CAST(COUNT(*) AS BIGINT) AS requests, \
+         CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) AS tokens \
+         FROM usage_ledger WHERE ts_ms > $1 - $2 AND ts_ms <= $1 \
+         AND NOT (status = 429 AND provider = '') \
+         GROUP BY key_id, team_id, model, bin",
+    )
+    .bind(now_ms)
+    .bind(window_ms)
+    .bind(bin_ms.max(1))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LimitUsage {
+                key_id: row.try_get("key_id")?,
+                team_id: row.try_get("team_id")?,
+                model: row.try_get("model")?,
+                bin: usize::try_from(row.try_get::<i64, _>("bin")?).unwrap_or(0),
+                requests: row.try_get::<i64, _>("requests")?.max(0) as u64,
+                tokens: row.try_get::<i64, _>("tokens")?.max(0) as u64,
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn usage_count(pool: &Pool<Db>) -> Result<i64, StoreError> {

@@ -327,6 +327,23 @@ pub struct UsageRow {
     pub cost_usd: f64,
 }
 
+/// One bin of [`crate::Store::limit_usage`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitUsage {
+    /// Key id.
+    pub key_id: String,
+    /// Team id, if the key had one.
+    pub team_id: Option<String>,
+    /// Public model name.
+    pub model: String,
+    /// How many bins back (0: the newest).
+    pub bin: usize,
+    /// Requests admitted.
+    pub requests: u64,
+    /// Tokens used (input + output).
+    pub tokens: u64,
+}
+
 /// Summed cost since some instant, per key and per team.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Spend {

@@ -57,8 +57,18 @@ fn rec(i: u64, ts_ms: i64) -> UsageRecord {
         } else {
             Some(format!("t{}", i % 3))
         },
-        model: if i.is_multiple_of(2) { "gpt-4o" } else { "claude" }.into(),
-        provider: if i.is_multiple_of(2) { "openai" } else { "anthropic" }.into(),
+        model: if i.is_multiple_of(2) {
+            "gpt-4o"
+        } else {
+            "claude"
+        }
+        .into(),
+        provider: if i.is_multiple_of(2) {
+            "openai"
+        } else {
+            "anthropic"
+        }
+        .into(),
         operation: "chat".into(),
         status: match i % 5 {
             0 => 500,
@@ -908,6 +918,41 @@ store_test!(spend_since_sums, |store| async move {
         .map(|r| r.cost_usd)
         .sum();
     assert_eq!(spend.by_key.values().sum::<f64>(), want);
+});
+
+store_test!(limit_usage_bins_by_key_team_model, |store| async move {
+    let mut recs = ledger();
+    // A gateway-side refusal (429 before any provider) took nothing.
+    let mut refused = rec(1000, T0 + 30 * 61_000);
+    refused.status = 429;
+    refused.provider = String::new();
+    recs.push(refused);
+    store.insert_usage(&recs).await.unwrap();
+    let now = T0 + 40 * 61_000;
+    for (window, bin) in [(600_000, 60_000), (3_600_000, 900_000), (60_000, 1_000)] {
+        let got = store.limit_usage(now, window, bin).await.unwrap();
+        let mut want: std::collections::HashMap<_, (u64, u64)> = Default::default();
+        for r in recs.iter().filter(|r| {
+            r.ts_ms > now - window && r.ts_ms <= now && !(r.status == 429 && r.provider.is_empty())
+        }) {
+            let b = ((now - r.ts_ms) / bin) as usize;
+            let e = want
+                .entry((r.key_id.clone(), r.team_id.clone(), r.model.clone(), b))
+                .or_default();
+            e.0 += 1;
+            e.1 += r.input_tokens + r.output_tokens;
+        }
+        let got: std::collections::HashMap<_, (u64, u64)> = got
+            .into_iter()
+            .map(|u| {
+                (
+                    (u.key_id, u.team_id, u.model, u.bin),
+                    (u.requests, u.tokens),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "window {window} bin {bin}");
+    }
 });
 
 // ------------------------------------------------------------------ lifecycle

@@ -466,3 +466,71 @@ async fn tls_listener_speaks_http2_and_http1_and_plain_listener_h2c() {
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
 }
+
+/// Limit state survives an upgrade: the new process charges its buckets with
+/// what the ledger says was taken in the last minute and day, so a key that
+/// spent its minute in the old process is still refused in the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_survive_an_upgrade() {
+    let mock = tollgate_mock::MockServer::start(tollgate_mock::MockConfig::default())
+        .await
+        .unwrap();
+    let gw = Gateway::new();
+    let store_url = format!("sqlite://{}/ledger.db", gw.dir.path().display());
+    let limited = "tg-ops-limited-key-0001";
+    let config = gw.write(
+        "",
+        &format!(
+            "{}  - {{name: limited, key: {limited}, limits: {{rpm: 5}}}}\nstore: {{url: \"{store_url}\"}}",
+            models(&mock.base_url(), "")
+        ),
+    );
+    let mut old = start(&config);
+    wait_healthy(gw.admin).await;
+    let send = || async {
+        client()
+            .post(gw.chat_url())
+            .bearer_auth(limited)
+            .json(&serde_json::json!({"model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+    };
+    for i in 0..5 {
+        assert_eq!(send().await.status(), 200, "request {i}");
+    }
+    assert_eq!(
+        send().await.status(),
+        429,
+        "the old process enforces the limit"
+    );
+    // The ledger writes every 100 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut new = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "-u", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(old.id(), "QUIT");
+    let old_exit = tokio::task::spawn_blocking(move || old.wait().unwrap());
+    assert!(old_exit.await.unwrap().success());
+
+    let r = send().await;
+    assert_eq!(r.status(), 429, "the new process remembers the minute");
+    assert_eq!(r.headers()["x-ratelimit-scope-requests"], "key");
+    let wait: f64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 0.0 && wait <= 60.0, "retry-after {wait}");
+    // Another key was not charged with it.
+    let (status, _) = chat(&gw.chat_url(), "gpt-4o-mini", "hi", false).await;
+    assert_eq!(status, 200);
+    signal(new.id(), "TERM");
+    assert!(new.wait().unwrap().success());
+}
