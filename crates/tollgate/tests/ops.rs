@@ -130,6 +130,12 @@ async fn upgrade_under_load_fails_no_request_and_breaks_no_stream() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = load.completed();
+    // A long stream that the old process must finish after the hand-over.
+    let url = gw.chat_url();
+    let long = tokio::spawn(async move {
+        chat(&url, "gpt-4o-mini", "hi [[mock:words=60,gap_ms=50]]", true).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     signal(old.id(), "QUIT");
     let upgraded = Command::new(env!("CARGO_BIN_EXE_tollgate"))
