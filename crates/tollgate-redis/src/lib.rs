@@ -1,0 +1,344 @@
+//! Limit state shared by every gateway node, in Redis.
+//!
+//! The same limits as `tollgate-limits` — requests and tokens per minute,
+//! tokens per day, concurrent requests, per key, team, model and globally —
+//! decided for all nodes at once: one Lua script per decision takes one
+//! request and its token reservation from every layer, or nothing, in one
+//! round trip; a second one settles the reservation with the real usage and
+//! frees the concurrency slot. Both read the clock from Redis (`TIME`), so
+//! nodes with skewed clocks agree.
+//!
+//! Token buckets are hashes (`l`: level, `t`: last update in ms) that expire
+//! after two periods of disuse. A concurrency slot is a member of a sorted set
+//! scored by its lease's end, so the slots of a node that died are freed when
+//! their lease runs out instead of leaking forever.
+//!
+//! This crate only talks to Redis; what to do when Redis does not answer
+//! (fail open on local buckets, or fail closed) is the gateway's policy.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tollgate_limits::{Admission, Layer, LimitKind, Limits, Refusal, Rejection, Status};
+
+/// Redis did not give an answer in time.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Connection or protocol error.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the configured timeout.
+    #[error("redis: no answer within {0:?}")]
+    Timeout(Duration),
+    /// An answer the scripts never give.
+    #[error("redis: unexpected reply {0:?}")]
+    Reply(Vec<i64>),
+}
+
+/// One layer of a decision: whose limits, and which.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerRef<'a> {
+    /// The layer, for headers and messages.
+    pub layer: Layer,
+    /// The scope (`key:<id>`, `team:<id>`, `model:<name>`, `global`).
+    pub scope: &'a str,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// Settings of the shared backend.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Multiplexed connections, used in turn.
+    pub pool_size: usize,
+    /// Prefix of every key, so several gateways can share one Redis.
+    pub key_prefix: String,
+    /// The longest a decision may wait for Redis.
+    pub timeout: Duration,
+    /// How long a concurrency slot is held if its request never ends (a node died).
+    pub lease: Duration,
+}
+
+/// The shared limit state.
+pub struct RedisLimits {
+    conns: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    settings: RedisSettings,
+    admit: Script,
+    finish: Script,
+}
+
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n, tokens, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local periods = {60000, 60000, 86400000}
+local writes, out = {}, {1}
+for i = 0, n - 1 do
+  local a = 5 + i * 6
+  local specs = {
+    {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), 1},
+    {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tokens},
+    {tonumber(ARGV[a + 4]), tonumber(ARGV[a + 4]), tokens},
+  }
+  local status = {-1, 0, -1, 0, -1}
+  for j = 1, 3 do
+    local limit, cap, cost = specs[j][1], specs[j][2], specs[j][3]
+    if limit > 0 then
+      local key = KEYS[i * 4 + j]
+      local rate = limit / periods[j]
+      local v = redis.call('HMGET', key, 'l', 't')
+      local level = cap
+      if v[1] then
+        level = math.min(cap, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * rate)
+      end
+      if cost > cap then return {0, i, j, -1, limit} end
+      if level < cost then
+        return {0, i, j, math.ceil((cost - level) / rate), limit}
+      end
+      local left = level - cost
+      table.insert(writes, {key, left, periods[j] * 2})
+      local reset = math.ceil((cap - left) / rate)
+      if j == 1 then
+        status[1], status[2] = math.floor(left), reset
+      elseif status[3] < 0 or math.floor(left) < status[3] then
+        status[3], status[4], status[5] = math.floor(left), reset, limit
+      end
+    end
+  end
+  local conc = tonumber(ARGV[a + 5])
+  if conc > 0 then
+    local key = KEYS[i * 4 + 4]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= conc then return {0, i, 4, 1000, conc} end
+  end
+  for _, v in ipairs(status) do table.insert(out, v) end
+end
+for _, w in ipairs(writes) do
+  redis.call('HSET', w[1], 'l', tostring(w[2]), 't', now)
+  redis.call('PEXPIRE', w[1], w[3])
+end
+for i = 0, n - 1 do
+  if tonumber(ARGV[5 + i * 6 + 5]) > 0 then
+    local key = KEYS[i * 4 + 4]
+    redis.call('ZADD', key, now + lease, rid)
+    redis.call('PEXPIRE', key, lease * 2)
+  end
+end
+return out
+"#;
+
+const FINISH: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n, delta, rid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local periods = {60000, 86400000}
+for i = 0, n - 1 do
+  local a = 4 + i * 3
+  if delta ~= 0 then
+    local specs = {{tonumber(ARGV[a]), tonumber(ARGV[a + 1])}, {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 2])}}
+    for j = 1, 2 do
+      local limit, cap = specs[j][1], specs[j][2]
+      local key = KEYS[i * 3 + j]
+      if limit > 0 then
+        local v = redis.call('HMGET', key, 'l', 't')
+        if v[1] then
+          local level = math.min(cap, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * limit / periods[j])
+          redis.call('HSET', key, 'l', tostring(math.min(cap, level + delta)), 't', now)
+        end
+      end
+    end
+  end
+  redis.call('ZREM', KEYS[i * 3 + 3], rid)
+end
+return {1}
+"#;
+
+fn n(v: Option<u64>) -> u64 {
+    v.unwrap_or(0)
+}
+
+impl RedisLimits {
+    /// Connect (each connection reconnects by itself after a failure).
+    pub async fn connect(settings: RedisSettings) -> Result<RedisLimits, BackendError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let mut conns = Vec::with_capacity(settings.pool_size.max(1));
+        for _ in 0..settings.pool_size.max(1) {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(settings.timeout)
+                .set_response_timeout(settings.timeout)
+                .set_number_of_retries(1);
+            let conn = tokio::time::timeout(
+                settings.timeout.max(Duration::from_secs(1)),
+                ConnectionManager::new_with_config(client.clone(), config),
+            )
+            .await
+            .map_err(|_| BackendError::Timeout(settings.timeout))??;
+            conns.push(conn);
+        }
+        Ok(RedisLimits {
+            conns,
+            next: AtomicUsize::new(0),
+            settings,
+            admit: Script::new(ADMIT),
+            finish: Script::new(FINISH),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+
+    fn key(&self, scope: &str, what: &str) -> String {
+        format!("{}:{scope}:{what}", self.settings.key_prefix)
+    }
+
+    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<i64>, BackendError> {
+        let mut conn = self.conn();
+        tokio::time::timeout(self.settings.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| BackendError::Timeout(self.settings.timeout))?
+            .map_err(BackendError::from)
+    }
+
+    /// Take one request and `tokens` from every layer, or nothing.
+    /// `request_id` names the concurrency slot that [`Self::finish`] frees.
+    pub async fn admit(
+        &self,
+        layers: &[LayerRef<'_>],
+        tokens: u64,
+        request_id: &str,
+    ) -> Result<Result<Admission, Rejection>, BackendError> {
+        let mut inv = self.admit.prepare_invoke();
+        for l in layers {
+            for what in ["rpm", "tpm", "tpd", "conc"] {
+                inv.key(self.key(l.scope, what));
+            }
+        }
+        inv.arg(layers.len())
+            .arg(tokens)
+            .arg(request_id)
+            .arg(self.settings.lease.as_millis() as u64);
+        for l in layers {
+            let m = l.limits;
+            inv.arg(n(m.rpm))
+                .arg(n(m.rpm_burst.or(m.rpm)))
+                .arg(n(m.tpm))
+                .arg(n(m.tpm_burst.or(m.tpm)))
+                .arg(n(m.tpd))
+                .arg(n(m.concurrent));
+        }
+        let reply = self.run(inv).await?;
+        decode_admit(&reply, layers, tokens).ok_or(BackendError::Reply(reply))
+    }
+
+    /// The request ended: replace its reservation with `actual` tokens
+    /// (`None` keeps it) and free its concurrency slot.
+    pub async fn finish(
+        &self,
+        layers: &[LayerRef<'_>],
+        reserved: u64,
+        actual: Option<u64>,
+        request_id: &str,
+    ) -> Result<(), BackendError> {
+        let mut inv = self.finish.prepare_invoke();
+        for l in layers {
+            for what in ["tpm", "tpd", "conc"] {
+                inv.key(self.key(l.scope, what));
+            }
+        }
+        let delta = actual.map_or(0, |a| reserved as i64 - a as i64);
+        inv.arg(layers.len()).arg(delta).arg(request_id);
+        for l in layers {
+            let m = l.limits;
+            inv.arg(n(m.tpm))
+                .arg(n(m.tpm_burst.or(m.tpm)))
+                .arg(n(m.tpd));
+        }
+        self.run(inv).await.map(|_| ())
+    }
+
+    /// Whether Redis answers now.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn();
+        tokio::time::timeout(
+            self.settings.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout(self.settings.timeout))??;
+        Ok(())
+    }
+}
+
+fn ms(v: i64) -> Duration {
+    Duration::from_millis(v.max(0) as u64)
+}
+
+fn decode_admit(
+    r: &[i64],
+    layers: &[LayerRef<'_>],
+    tokens: u64,
+) -> Option<Result<Admission, Rejection>> {
+    match r.first()? {
+        0 => {
+            let (i, j, wait, limit) = (*r.get(1)?, *r.get(2)?, *r.get(3)?, *r.get(4)?);
+            let layer = layers.get(usize::try_from(i).ok()?)?.layer;
+            let (kind, requested) = match j {
+                1 => (LimitKind::Requests, 1),
+                2 => (LimitKind::Tokens, tokens),
+                3 => (LimitKind::TokensPerDay, tokens),
+                4 => (LimitKind::Concurrency, 1),
+                _ => return None,
+            };
+            let refusal = if wait < 0 {
+                Refusal::TooLarge
+            } else {
+                Refusal::Wait(ms(wait))
+            };
+            Some(Err(Rejection {
+                layer,
+                kind,
+                refusal,
+                limit: limit.max(0) as u64,
+                requested,
+            }))
+        }
+        1 => {
+            let mut adm = Admission {
+                reserved: tokens,
+                ..Admission::default()
+            };
+            for (k, l) in layers.iter().enumerate() {
+                let s = r.get(1 + k * 5..6 + k * 5)?;
+                if s[0] >= 0 {
+                    let st = Status {
+                        limit: n(l.limits.rpm),
+                        remaining: s[0] as u64,
+                        reset: ms(s[1]),
+                    };
+                    if adm.requests.is_none_or(|(_, a)| st.remaining < a.remaining) {
+                        adm.requests = Some((l.layer, st));
+                    }
+                }
+                if s[2] >= 0 {
+                    let st = Status {
+                        limit: s[4].max(0) as u64,
+                        remaining: s[2] as u64,
+                        reset: ms(s[3]),
+                    };
+                    if adm.tokens.is_none_or(|(_, a)| st.remaining < a.remaining) {
+                        adm.tokens = Some((l.layer, st));
+                    }
+                }
+            }
+            Some(Ok(adm))
+        }
+        _ => None,
+    }
+}
