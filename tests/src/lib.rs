@@ -78,7 +78,7 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
 pub const BASE_CONFIG: &str = r#"
 server:
   listen: ["127.0.0.1:1"]
-  admin_listen: "127.0.0.1:1"
+  admin_listen: "127.0.0.1:2"
   max_body_bytes: 33554432
 providers:
   mock:

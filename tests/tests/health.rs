@@ -10,7 +10,7 @@ use tollgate_tests::*;
 const CONFIG: &str = r#"
 server:
   listen: ["127.0.0.1:1"]
-  admin_listen: "127.0.0.1:1"
+  admin_listen: "127.0.0.1:2"
 providers:
   checked:
     kind: openai_compatible

@@ -12,7 +12,7 @@ use tollgate_tests::*;
 const CONFIG: &str = r#"
 server:
   listen: ["127.0.0.1:1"]
-  admin_listen: "127.0.0.1:1"
+  admin_listen: "127.0.0.1:2"
 providers:
   mock:
     kind: openai_compatible

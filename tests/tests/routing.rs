@@ -22,7 +22,7 @@ use tollgate_tests::*;
 const TEMPLATE: &str = r#"
 server:
   listen: ["127.0.0.1:1"]
-  admin_listen: "127.0.0.1:1"
+  admin_listen: "127.0.0.1:2"
 providers:
   mock:
     kind: openai_compatible

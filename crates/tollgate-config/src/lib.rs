@@ -423,12 +423,43 @@ pub struct Key {
 }
 
 /// `limits:`
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LimitSettings {
     /// Completion tokens to reserve when a request sets no `max_tokens`.
     pub default_completion_tokens: u64,
     /// Limits on the whole gateway.
     pub global: Limits,
+    /// Where limit state lives: `None` in this process only.
+    pub backend: Option<RedisBackend>,
+}
+
+/// `limits.backend: {kind: redis, …}`: limit state shared by every node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisBackend {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Multiplexed connections.
+    pub pool_size: usize,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// The longest a decision waits for Redis.
+    pub timeout: Duration,
+    /// How long a concurrency slot outlives a node that died holding it.
+    pub lease: Duration,
+    /// What a request gets while Redis does not answer.
+    pub on_failure: OnFailure,
+    /// Nodes sharing the limits: while Redis is away, each node enforces
+    /// limit ÷ this on its own.
+    pub expected_nodes: u32,
+}
+
+/// While Redis does not answer…
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// …decide on local buckets sized limit ÷ expected nodes.
+    FailOpen,
+    /// …refuse with 503.
+    FailClosed,
 }
 
 impl Config {

@@ -387,6 +387,8 @@ pub(crate) struct LimitsSection {
     pub default_completion_tokens: u64,
     #[serde(default)]
     pub global: LimitSpecSection,
+    #[serde(default)]
+    pub backend: Option<LimitsBackendSection>,
 }
 
 impl Default for LimitsSection {
@@ -394,8 +396,47 @@ impl Default for LimitsSection {
         LimitsSection {
             default_completion_tokens: default_completion_tokens(),
             global: LimitSpecSection::default(),
+            backend: None,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsBackendSection {
+    pub kind: String,
+    pub url: Option<String>,
+    #[serde(default = "default_redis_pool")]
+    pub pool_size: usize,
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_redis_lease")]
+    pub lease_secs: u64,
+    #[serde(default = "default_on_failure")]
+    pub on_failure: String,
+    #[serde(default = "default_expected_nodes")]
+    pub expected_nodes: u32,
+}
+
+fn default_redis_pool() -> usize {
+    4
+}
+fn default_redis_prefix() -> String {
+    "tollgate".into()
+}
+fn default_redis_timeout() -> u64 {
+    50
+}
+fn default_redis_lease() -> u64 {
+    600
+}
+fn default_on_failure() -> String {
+    "fail_open".into()
+}
+fn default_expected_nodes() -> u32 {
+    1
 }
 
 fn default_listen() -> Vec<String> {

@@ -10,9 +10,9 @@ use tollgate_auth::KeyHash;
 use crate::raw::{self, ConfigFile, ProviderKind};
 use crate::{
     ActiveCheck, AdminSettings, Budget, Config, ConfigError, ConfigErrors, Failover, FailoverOn,
-    HashOn, HealthPolicy, Key, LedgerSettings, LimitSettings, Limits, Model, ModelAccess, Pricing,
-    Provider, ProviderTimeouts, Secret, Server, StoreSettings, Strategy, Target, Team,
-    TimeoutOverrides, Tls,
+    HashOn, HealthPolicy, Key, LedgerSettings, LimitSettings, Limits, Model, ModelAccess,
+    OnFailure, Pricing, Provider, ProviderTimeouts, RedisBackend, Secret, Server, StoreSettings,
+    Strategy, Target, Team, TimeoutOverrides, Tls,
 };
 
 fn limits(errors: &mut Errors, path: &str, l: raw::LimitSpecSection) -> Limits {
@@ -458,6 +458,10 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         teams.insert(id, team);
     }
     let global = limits(&mut errors, "limits.global", file.limits.global);
+    let backend = file
+        .limits
+        .backend
+        .and_then(|b| limits_backend(&mut errors, b));
 
     let store = file.store.map(|s| {
         let url = if let Some(p) = s.url.strip_prefix("sqlite://") {
@@ -535,6 +539,7 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         limits: LimitSettings {
             default_completion_tokens: file.limits.default_completion_tokens,
             global,
+            backend,
         },
         teams,
         store,
@@ -547,6 +552,58 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             eject_after: file.routing.eject_after.max(1),
             cooldown: Duration::from_millis(file.routing.cooldown_ms),
         },
+    })
+}
+
+fn limits_backend(errors: &mut Errors, b: raw::LimitsBackendSection) -> Option<RedisBackend> {
+    let p = "limits.backend";
+    if b.kind != "redis" {
+        errors.push(
+            format!("{p}.kind"),
+            format!("unknown backend `{}` (known: redis; omit `backend` to keep limits in each process)", b.kind),
+        );
+        return None;
+    }
+    let url = match b.url {
+        Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => u,
+        Some(u) => {
+            errors.push(format!("{p}.url"), format!("`{u}` is not a redis:// URL"));
+            return None;
+        }
+        None => {
+            errors.push(format!("{p}.url"), "required for the redis backend");
+            return None;
+        }
+    };
+    let on_failure = match b.on_failure.as_str() {
+        "fail_open" => OnFailure::FailOpen,
+        "fail_closed" => OnFailure::FailClosed,
+        other => {
+            errors.push(
+                format!("{p}.on_failure"),
+                format!("unknown policy `{other}` (known: fail_open, fail_closed)"),
+            );
+            return None;
+        }
+    };
+    for (field, v) in [
+        ("pool_size", b.pool_size as u64),
+        ("timeout_ms", b.timeout_ms),
+        ("lease_secs", b.lease_secs),
+        ("expected_nodes", u64::from(b.expected_nodes)),
+    ] {
+        if v == 0 {
+            errors.push(format!("{p}.{field}"), "must be at least 1");
+        }
+    }
+    Some(RedisBackend {
+        url,
+        pool_size: b.pool_size.max(1),
+        key_prefix: b.key_prefix,
+        timeout: Duration::from_millis(b.timeout_ms.max(1)),
+        lease: Duration::from_secs(b.lease_secs.max(1)),
+        on_failure,
+        expected_nodes: b.expected_nodes.max(1),
     })
 }
 

@@ -129,7 +129,10 @@ pub struct History {
 /// The buckets and counters of one scope.
 #[derive(Debug)]
 pub struct LimitSet {
+    scope: String,
     limits: Limits,
+    /// What this process enforces alone: `limits`, or its share of them.
+    local: Limits,
     rpm: Option<TokenBucket>,
     tpm: Option<TokenBucket>,
     tpd: Option<TokenBucket>,
@@ -141,8 +144,27 @@ struct Fail(LimitKind, Refusal, u64, u64);
 impl LimitSet {
     /// Fresh, full buckets for these limits.
     pub fn new(limits: Limits, now: Instant) -> LimitSet {
+        LimitSet::shared(String::new(), limits, 1, now)
+    }
+
+    /// The local share of limits that `nodes` nodes enforce together: the
+    /// buckets hold limit ÷ nodes (rounded up), for when the shared state is
+    /// out of reach. [`Self::limits`] stays the whole.
+    pub fn shared(scope: String, whole: Limits, nodes: u32, now: Instant) -> LimitSet {
+        let n = u64::from(nodes.max(1));
+        let part = |v: Option<u64>| v.map(|v| v.div_ceil(n).max(1));
+        let limits = Limits {
+            rpm: part(whole.rpm),
+            tpm: part(whole.tpm),
+            tpd: part(whole.tpd),
+            concurrent: part(whole.concurrent),
+            rpm_burst: part(whole.rpm_burst),
+            tpm_burst: part(whole.tpm_burst),
+        };
         LimitSet {
-            limits,
+            scope,
+            limits: whole,
+            local: limits,
             rpm: limits
                 .rpm
                 .map(|l| TokenBucket::with_burst(l, limits.rpm_burst.unwrap_or(l), MINUTE, now)),
@@ -167,9 +189,14 @@ impl LimitSet {
         }
     }
 
-    /// The limits these buckets enforce.
+    /// The limits of the scope (for the whole cluster, when shared).
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The scope's name (`key:<id>`, `team:<id>`, `model:<name>`, `global`).
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 
     /// Requests in flight now.
@@ -191,7 +218,7 @@ impl LimitSet {
                 b.adjust(1.0, now);
             }
         };
-        if let Some(max) = self.limits.concurrent {
+        if let Some(max) = self.local.concurrent {
             let taken = self
                 .in_flight
                 .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
@@ -209,7 +236,7 @@ impl LimitSet {
             }
         }
         let undo_slot = || {
-            if self.limits.concurrent.is_some() {
+            if self.local.concurrent.is_some() {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         };
@@ -263,7 +290,7 @@ impl LimitSet {
     }
 
     fn release(&self) {
-        if self.limits.concurrent.is_some() {
+        if self.local.concurrent.is_some() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -335,6 +362,11 @@ impl Layers {
 
     fn iter(&self) -> impl Iterator<Item = &(Layer, Arc<LimitSet>)> {
         self.sets[..self.len].iter().flatten()
+    }
+
+    /// The layers with their limit sets, most specific first.
+    pub fn sets(&self) -> impl Iterator<Item = (Layer, &LimitSet)> {
+        self.iter().map(|(l, s)| (*l, s.as_ref()))
     }
 
     /// Admit one request that may use up to `tokens` in every layer, or none.

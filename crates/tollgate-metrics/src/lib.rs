@@ -52,6 +52,9 @@ pub struct Metrics {
     provider_check: prometheus::IntGaugeVec,
     reloads: IntCounterVec,
     last_reload: prometheus::Gauge,
+    limits_up: IntGauge,
+    limits_errors: prometheus::IntCounter,
+    limits_fallback: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -386,6 +389,34 @@ impl Metrics {
             .expect("metric"),
         );
         last_reload.set(unix_now());
+        let limits_up = reg(
+            &r,
+            IntGauge::new(
+                "tollgate_limits_backend_up",
+                "1 while the shared limits backend (Redis) answers; always 1 without one.",
+            )
+            .expect("metric"),
+        );
+        limits_up.set(1);
+        let limits_errors = reg(
+            &r,
+            prometheus::IntCounter::new(
+                "tollgate_limits_backend_errors_total",
+                "Decisions or settlements the shared limits backend did not answer in time.",
+            )
+            .expect("metric"),
+        );
+        let limits_fallback = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_limits_fallback_total",
+                    "Requests decided without the shared backend, by policy: fail_open (local share) or fail_closed (503).",
+                ),
+                &["policy"],
+            )
+            .expect("metric"),
+        );
         // CPU, memory, file descriptors and threads of this process (Linux).
         #[cfg(target_os = "linux")]
         let _ = r.register(Box::new(
@@ -424,7 +455,31 @@ impl Metrics {
             provider_check,
             reloads,
             last_reload,
+            limits_up,
+            limits_errors,
+            limits_fallback,
         }
+    }
+
+    /// Whether the shared limits backend answers.
+    pub fn limits_backend_up(&self, up: bool) {
+        self.limits_up.set(i64::from(up));
+    }
+
+    /// Count a shared-backend failure.
+    pub fn limits_backend_error(&self) {
+        self.limits_errors.inc();
+    }
+
+    /// Count a decision taken without the shared backend.
+    pub fn limits_fallback(&self, fail_open: bool) {
+        self.limits_fallback
+            .with_label_values(&[if fail_open {
+                "fail_open"
+            } else {
+                "fail_closed"
+            }])
+            .inc();
     }
 
     /// Count a config reload.

@@ -34,6 +34,9 @@ pub enum AppError {
     /// The ledger writer could not start.
     #[error("ledger: {0}")]
     Ledger(#[from] std::io::Error),
+    /// The shared limits backend could not be reached.
+    #[error("limits.backend: {0}")]
+    Limits(#[from] tollgate_redis::BackendError),
 }
 
 /// Everything the data plane and the admin API share.
@@ -58,6 +61,8 @@ pub struct App {
     pub store: Option<Store>,
     /// The usage ledger, if there is a store.
     pub ledger: Option<Ledger>,
+    /// Limits shared with other nodes through Redis, if configured.
+    pub shared: Option<crate::shared::SharedLimits>,
     sync_now: Notify,
     sync_lock: tokio::sync::Mutex<()>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -98,6 +103,13 @@ impl App {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<App>, AppError> {
         let registry = Arc::new(Registry::default());
+        let shared = match &config.limits.backend {
+            Some(b) => {
+                registry.set_nodes(b.expected_nodes);
+                Some(crate::shared::SharedLimits::connect(b).await?)
+            }
+            None => None,
+        };
         let store = match &config.store {
             Some(s) => {
                 if let Some(path) = s.url.strip_prefix("sqlite://") {
@@ -141,6 +153,7 @@ impl App {
             registry,
             store,
             ledger,
+            shared,
             metrics,
             started_with: Arc::new(config.clone()),
             config: ArcSwap::from_pointee(config),
@@ -371,6 +384,7 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<String> {
             == new.store.as_ref().map(|s| (&s.url, s.max_connections)),
     );
     check("ledger", old.ledger == new.ledger);
+    check("limits.backend", old.limits.backend == new.limits.backend);
     check("mock_upstream", old.mock_upstream == new.mock_upstream);
     changed
 }

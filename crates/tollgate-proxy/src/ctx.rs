@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub team: Option<Arc<TeamEntry>>,
     /// The limit layers this request passed (or is reported against).
     pub layers: Layers,
+    /// Set when the shared backend (Redis) admitted the request: settle there.
+    pub shared_layers: Option<crate::shared::HeldLayers>,
     /// Dollars reserved against the key's and team's budgets.
     pub budget_reserved: Option<f64>,
     /// The public model.
@@ -83,6 +85,7 @@ impl Default for RequestCtx {
             key: None,
             team: None,
             layers: Layers::default(),
+            shared_layers: None,
             budget_reserved: None,
             model: None,
             target: None,

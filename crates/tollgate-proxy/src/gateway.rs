@@ -11,16 +11,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType as PErr, Result};
 use tollgate_metrics::Metrics;
-use tollgate_schema::ApiError;
+use tollgate_schema::{ApiError, ErrorType};
 use tollgate_store::UsageRecord;
 
 use crate::app::App;
 use crate::ctx::{Operation, RequestCtx};
 use crate::policy::KeyEntry;
+use crate::shared::Decision;
 use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 use crate::steps::{self, Parsed, Stop};
 use crate::{exchange, respond};
-use tollgate_config::HashOn;
+use tollgate_config::{HashOn, OnFailure};
 
 /// The gateway's data plane.
 pub struct Gateway {
@@ -70,14 +71,56 @@ impl Gateway {
         ctx.model = Some(model.clone());
         ctx.layers = steps::layers(&key, team.as_deref(), Some(&model), snap);
         let estimate = parsed.estimate_tokens(snap.default_completion_tokens);
-        match steps::admit(
-            &ctx.layers,
-            &key,
-            team.as_deref(),
-            &model.name,
-            estimate,
-            Instant::now(),
-        ) {
+        let admitted = match &self.app.shared {
+            None => steps::admit(
+                &ctx.layers,
+                &key,
+                team.as_deref(),
+                &model.name,
+                estimate,
+                Instant::now(),
+            ),
+            Some(shared) => {
+                match shared
+                    .admit(&ctx.layers, estimate, &ctx.request_id, &self.metrics)
+                    .await
+                {
+                    Decision::Admitted(a, held) => {
+                        ctx.shared_layers = Some(held);
+                        Ok(a)
+                    }
+                    Decision::Refused(r) => {
+                        Err(steps::refused(r, &key, team.as_deref(), &model.name))
+                    }
+                    Decision::Unavailable => match shared.on_failure {
+                        OnFailure::FailOpen => {
+                            self.metrics.limits_fallback(true);
+                            steps::admit(
+                                &ctx.layers,
+                                &key,
+                                team.as_deref(),
+                                &model.name,
+                                estimate,
+                                Instant::now(),
+                            )
+                        }
+                        OnFailure::FailClosed => {
+                            self.metrics.limits_fallback(false);
+                            return Err(Stop::Api(
+                                ApiError::new(
+                                    503,
+                                    ErrorType::Api,
+                                    "The shared rate limiter is unavailable and this gateway is configured to fail closed; please try again shortly.",
+                                )
+                                .with_code("limits_unavailable"),
+                                Some(1),
+                            ));
+                        }
+                    },
+                }
+            }
+        };
+        match admitted {
             Ok(a) => ctx.admission = Some(a),
             Err(refused) => {
                 let (stop, r) = *refused;
@@ -434,7 +477,14 @@ impl ProxyHttp for Gateway {
                 // A stream cut before its usage arrived keeps its reservation.
                 None => None,
             };
-            ctx.layers.finish(adm, actual, now);
+            match (&self.app.shared, ctx.shared_layers.take()) {
+                (Some(shared), Some(held)) => {
+                    shared
+                        .finish(&held, adm.reserved, actual, &ctx.request_id, &self.metrics)
+                        .await
+                }
+                _ => ctx.layers.finish(adm, actual, now),
+            }
         }
         let model = ctx.model.as_ref().map_or("", |m| m.name.as_str());
         let provider = ctx.target.as_ref().map_or("", |t| t.provider.name.as_str());

@@ -30,6 +30,7 @@ pub mod health;
 pub mod ledger;
 pub mod policy;
 pub mod respond;
+pub mod shared;
 pub mod snapshot;
 pub mod steps;
 

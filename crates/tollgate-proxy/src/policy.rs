@@ -100,6 +100,8 @@ pub struct Registry {
     /// What each scope took in the last minute and day, per the ledger when
     /// this process started; charged once, to the scope's first limit set.
     recent: Mutex<HashMap<String, History>>,
+    /// Nodes that share the limits (through Redis): local buckets hold 1/n.
+    nodes: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Registry {
@@ -109,6 +111,7 @@ impl Default for Registry {
             budgets: Mutex::new(HashMap::new()),
             history: Mutex::new((Spend::default(), Spend::default())),
             recent: Mutex::new(HashMap::new()),
+            nodes: std::sync::atomic::AtomicU32::new(1),
         }
     }
 }
@@ -117,6 +120,14 @@ impl Registry {
     /// Seed spend from the ledger (today's and this month's, by key and team).
     pub fn set_history(&self, day: Spend, month: Spend) {
         *self.history.lock() = (day, month);
+    }
+
+    /// Limits are shared by `nodes` nodes: the local buckets (used while the
+    /// shared state is out of reach) hold a 1/`nodes` share. Call before any
+    /// limit set exists.
+    pub fn set_nodes(&self, nodes: u32) {
+        self.nodes
+            .store(nodes.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Seed limit state from the ledger's recent usage (bin 0 the newest):
@@ -175,7 +186,8 @@ impl Registry {
         match map.get(scope) {
             Some(s) if s.limits() == limits => s.clone(),
             _ => {
-                let s = Arc::new(LimitSet::new(limits, now));
+                let nodes = self.nodes.load(std::sync::atomic::Ordering::Relaxed);
+                let s = Arc::new(LimitSet::shared(scope.to_string(), limits, nodes, now));
                 if let Some(h) = self.recent.lock().remove(scope) {
                     s.charge_history(&h, now);
                 }

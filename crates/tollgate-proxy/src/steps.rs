@@ -207,7 +207,19 @@ pub fn admit(
     estimated_tokens: u64,
     now: Instant,
 ) -> Result<Admission, Box<(Stop, Rejection)>> {
-    layers.admit(estimated_tokens, now).map_err(|r| {
+    layers
+        .admit(estimated_tokens, now)
+        .map_err(|r| refused(r, key, team, model))
+}
+
+/// The answer to a request a limit refused (here or in the shared backend).
+pub fn refused(
+    r: Rejection,
+    key: &KeyEntry,
+    team: Option<&TeamEntry>,
+    model: &str,
+) -> Box<(Stop, Rejection)> {
+    {
         let who = scope_name(r.layer, key, team, model);
         let what = r.kind.phrase();
         let stop = match r.refusal {
@@ -244,7 +256,7 @@ pub fn admit(
             ),
         };
         Box::new((stop, r))
-    })
+    }
 }
 
 /// Budgets of the key and its team: reserve the estimated cost, or refuse

@@ -17,6 +17,7 @@
 //! (fail open on local buckets, or fail closed) is the gateway's policy.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -35,6 +36,9 @@ pub enum BackendError {
     /// An answer the scripts never give.
     #[error("redis: unexpected reply {0:?}")]
     Reply(Vec<i64>),
+    /// The backend's runtime could not start or is gone.
+    #[error("redis: the limits runtime is gone")]
+    Gone,
 }
 
 /// One layer of a decision: whose limits, and which.
@@ -64,12 +68,44 @@ pub struct RedisSettings {
 }
 
 /// The shared limit state.
+///
+/// Redis connections belong to the tokio runtime that made them, and the
+/// gateway runs several (one per Pingora service, plus the one it starts on):
+/// so, as the store does, this owns a small runtime of its own that holds the
+/// connections and runs every script; callers on any runtime await the result.
 pub struct RedisLimits {
+    inner: Arc<Inner>,
+    rt: OwnRuntime,
+}
+
+struct Inner {
     conns: Vec<ConnectionManager>,
     next: AtomicUsize,
     settings: RedisSettings,
     admit: Script,
     finish: Script,
+}
+
+/// Dropping it never blocks, so a `RedisLimits` may be dropped in async code.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl OwnRuntime {
+    async fn run<T, F>(&self, fut: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        let rt = self.0.as_ref().ok_or(BackendError::Gone)?;
+        rt.spawn(fut).await.map_err(|_| BackendError::Gone)?
+    }
 }
 
 const ADMIT: &str = r#"
@@ -165,45 +201,77 @@ fn n(v: Option<u64>) -> u64 {
 impl RedisLimits {
     /// Connect (each connection reconnects by itself after a failure).
     pub async fn connect(settings: RedisSettings) -> Result<RedisLimits, BackendError> {
-        let client = redis::Client::open(settings.url.as_str())?;
-        let mut conns = Vec::with_capacity(settings.pool_size.max(1));
-        for _ in 0..settings.pool_size.max(1) {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(settings.timeout)
-                .set_response_timeout(settings.timeout)
-                .set_number_of_retries(1);
-            let conn = tokio::time::timeout(
-                settings.timeout.max(Duration::from_secs(1)),
-                ConnectionManager::new_with_config(client.clone(), config),
-            )
-            .await
-            .map_err(|_| BackendError::Timeout(settings.timeout))??;
-            conns.push(conn);
-        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tollgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|_| BackendError::Gone)?;
+        let rt = OwnRuntime(Some(rt));
+        let s = settings.clone();
+        let conns = rt
+            .run(async move {
+                let client = redis::Client::open(s.url.as_str())?;
+                let mut conns = Vec::with_capacity(s.pool_size.max(1));
+                for _ in 0..s.pool_size.max(1) {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(s.timeout)
+                        .set_response_timeout(s.timeout)
+                        .set_number_of_retries(1);
+                    let conn = tokio::time::timeout(
+                        s.timeout.max(Duration::from_secs(1)),
+                        ConnectionManager::new_with_config(client.clone(), config),
+                    )
+                    .await
+                    .map_err(|_| BackendError::Timeout(s.timeout))??;
+                    conns.push(conn);
+                }
+                Ok(conns)
+            })
+            .await?;
         Ok(RedisLimits {
-            conns,
-            next: AtomicUsize::new(0),
-            settings,
-            admit: Script::new(ADMIT),
-            finish: Script::new(FINISH),
+            inner: Arc::new(Inner {
+                conns,
+                next: AtomicUsize::new(0),
+                settings,
+                admit: Script::new(ADMIT),
+                finish: Script::new(FINISH),
+            }),
+            rt,
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-
     fn key(&self, scope: &str, what: &str) -> String {
-        format!("{}:{scope}:{what}", self.settings.key_prefix)
+        format!("{}:{scope}:{what}", self.inner.settings.key_prefix)
     }
 
-    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<i64>, BackendError> {
-        let mut conn = self.conn();
-        tokio::time::timeout(self.settings.timeout, inv.invoke_async(&mut conn))
+    /// One script, on the backend's runtime, within the timeout.
+    async fn run(
+        &self,
+        finish: bool,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, BackendError> {
+        let inner = self.inner.clone();
+        let timeout = inner.settings.timeout;
+        self.rt
+            .run(async move {
+                let i = inner.next.fetch_add(1, Ordering::Relaxed) % inner.conns.len();
+                let mut conn = inner.conns[i].clone();
+                let script = if finish { &inner.finish } else { &inner.admit };
+                let mut inv = script.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                for a in &args {
+                    inv.arg(a);
+                }
+                tokio::time::timeout(timeout, inv.invoke_async(&mut conn))
+                    .await
+                    .map_err(|_| BackendError::Timeout(timeout))?
+                    .map_err(BackendError::from)
+            })
             .await
-            .map_err(|_| BackendError::Timeout(self.settings.timeout))?
-            .map_err(BackendError::from)
     }
 
     /// Take one request and `tokens` from every layer, or nothing.
@@ -214,26 +282,31 @@ impl RedisLimits {
         tokens: u64,
         request_id: &str,
     ) -> Result<Result<Admission, Rejection>, BackendError> {
-        let mut inv = self.admit.prepare_invoke();
+        let mut keys = Vec::with_capacity(layers.len() * 4);
         for l in layers {
             for what in ["rpm", "tpm", "tpd", "conc"] {
-                inv.key(self.key(l.scope, what));
+                keys.push(self.key(l.scope, what));
             }
         }
-        inv.arg(layers.len())
-            .arg(tokens)
-            .arg(request_id)
-            .arg(self.settings.lease.as_millis() as u64);
+        let mut args = Vec::with_capacity(4 + layers.len() * 6);
+        args.push(layers.len().to_string());
+        args.push(tokens.to_string());
+        args.push(request_id.to_string());
+        args.push(self.inner.settings.lease.as_millis().to_string());
         for l in layers {
             let m = l.limits;
-            inv.arg(n(m.rpm))
-                .arg(n(m.rpm_burst.or(m.rpm)))
-                .arg(n(m.tpm))
-                .arg(n(m.tpm_burst.or(m.tpm)))
-                .arg(n(m.tpd))
-                .arg(n(m.concurrent));
+            for v in [
+                n(m.rpm),
+                n(m.rpm_burst.or(m.rpm)),
+                n(m.tpm),
+                n(m.tpm_burst.or(m.tpm)),
+                n(m.tpd),
+                n(m.concurrent),
+            ] {
+                args.push(v.to_string());
+            }
         }
-        let reply = self.run(inv).await?;
+        let reply = self.run(false, keys, args).await?;
         decode_admit(&reply, layers, tokens).ok_or(BackendError::Reply(reply))
     }
 
@@ -246,33 +319,25 @@ impl RedisLimits {
         actual: Option<u64>,
         request_id: &str,
     ) -> Result<(), BackendError> {
-        let mut inv = self.finish.prepare_invoke();
+        let mut keys = Vec::with_capacity(layers.len() * 3);
         for l in layers {
             for what in ["tpm", "tpd", "conc"] {
-                inv.key(self.key(l.scope, what));
+                keys.push(self.key(l.scope, what));
             }
         }
         let delta = actual.map_or(0, |a| reserved as i64 - a as i64);
-        inv.arg(layers.len()).arg(delta).arg(request_id);
+        let mut args = vec![
+            layers.len().to_string(),
+            delta.to_string(),
+            request_id.to_string(),
+        ];
         for l in layers {
             let m = l.limits;
-            inv.arg(n(m.tpm))
-                .arg(n(m.tpm_burst.or(m.tpm)))
-                .arg(n(m.tpd));
+            for v in [n(m.tpm), n(m.tpm_burst.or(m.tpm)), n(m.tpd)] {
+                args.push(v.to_string());
+            }
         }
-        self.run(inv).await.map(|_| ())
-    }
-
-    /// Whether Redis answers now.
-    pub async fn ping(&self) -> Result<(), BackendError> {
-        let mut conn = self.conn();
-        tokio::time::timeout(
-            self.settings.timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .map_err(|_| BackendError::Timeout(self.settings.timeout))??;
-        Ok(())
+        self.run(true, keys, args).await.map(|_| ())
     }
 }
 

@@ -1,0 +1,164 @@
+//! Limits shared by every node through Redis (`limits.backend: redis`), and
+//! what a request gets while Redis does not answer (`on_failure`).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use tollgate_config::{OnFailure, RedisBackend};
+use tollgate_limits::{Admission, Layer, Layers, Limits, Rejection};
+use tollgate_metrics::Metrics;
+use tollgate_redis::{BackendError, LayerRef, RedisLimits, RedisSettings};
+
+/// After a failure, decisions skip Redis for this long before trying again,
+/// so an outage costs each request nothing rather than a timeout.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// The shared backend and its health.
+pub struct SharedLimits {
+    redis: RedisLimits,
+    /// What a request gets while Redis does not answer.
+    pub on_failure: OnFailure,
+    up: AtomicBool,
+    /// Unix ms before which a decision does not try Redis.
+    retry_at: AtomicI64,
+}
+
+/// One decision.
+pub enum Decision {
+    /// Redis admitted the request (finish it there, with these layers).
+    Admitted(Admission, HeldLayers),
+    /// Redis refused it.
+    Refused(Rejection),
+    /// Redis did not answer: apply `on_failure`.
+    Unavailable,
+}
+
+/// A request's layers, owned, to settle after the request ended.
+#[derive(Clone, Debug, Default)]
+pub struct HeldLayers(Vec<(Layer, String, Limits)>);
+
+impl HeldLayers {
+    /// Copy what the shared backend needs of `layers`.
+    pub fn of(layers: &Layers) -> HeldLayers {
+        HeldLayers(
+            layers
+                .sets()
+                .map(|(l, s)| (l, s.scope().to_string(), s.limits()))
+                .collect(),
+        )
+    }
+
+    fn refs(&self) -> Vec<LayerRef<'_>> {
+        self.0
+            .iter()
+            .map(|(layer, scope, limits)| LayerRef {
+                layer: *layer,
+                scope,
+                limits: *limits,
+            })
+            .collect()
+    }
+}
+
+fn unix_ms() -> i64 {
+    crate::steps::unix_ms()
+}
+
+impl SharedLimits {
+    /// Connect. After that, a Redis that goes away costs no restart: the
+    /// connections come back by themselves when it does.
+    pub async fn connect(b: &RedisBackend) -> Result<SharedLimits, BackendError> {
+        let redis = RedisLimits::connect(RedisSettings {
+            url: b.url.clone(),
+            pool_size: b.pool_size,
+            key_prefix: b.key_prefix.clone(),
+            timeout: b.timeout,
+            lease: b.lease,
+        })
+        .await?;
+        Ok(SharedLimits {
+            redis,
+            on_failure: b.on_failure,
+            up: AtomicBool::new(true),
+            retry_at: AtomicI64::new(0),
+        })
+    }
+
+    /// Whether the last decision reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, e: &BackendError, metrics: &Metrics) {
+        metrics.limits_backend_error();
+        self.retry_at.store(
+            unix_ms() + RETRY_AFTER.as_millis() as i64,
+            Ordering::Relaxed,
+        );
+        if self.up.swap(false, Ordering::Relaxed) {
+            metrics.limits_backend_up(false);
+            let policy = match self.on_failure {
+                OnFailure::FailOpen => "deciding on local buckets (limit ÷ expected nodes)",
+                OnFailure::FailClosed => "refusing requests with 503",
+            };
+            log::error!("limits: Redis does not answer ({e}); {policy} until it does");
+        }
+    }
+
+    fn answered(&self, metrics: &Metrics) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            metrics.limits_backend_up(true);
+            log::info!("limits: Redis answers again; limits are shared again");
+        }
+    }
+
+    /// Admit one request with `tokens` reserved in every layer, or refuse it.
+    pub async fn admit(
+        &self,
+        layers: &Layers,
+        tokens: u64,
+        request_id: &str,
+        metrics: &Metrics,
+    ) -> Decision {
+        if !self.is_up() && unix_ms() < self.retry_at.load(Ordering::Relaxed) {
+            return Decision::Unavailable;
+        }
+        let held = HeldLayers::of(layers);
+        match self.redis.admit(&held.refs(), tokens, request_id).await {
+            Ok(r) => {
+                self.answered(metrics);
+                match r {
+                    Ok(a) => Decision::Admitted(a, held),
+                    Err(r) => Decision::Refused(r),
+                }
+            }
+            Err(e) => {
+                self.failed(&e, metrics);
+                Decision::Unavailable
+            }
+        }
+    }
+
+    /// Settle a request Redis admitted. A failure here is logged and left:
+    /// the concurrency slot goes with its lease, the reservation stays spent.
+    pub async fn finish(
+        &self,
+        layers: &HeldLayers,
+        reserved: u64,
+        actual: Option<u64>,
+        request_id: &str,
+        metrics: &Metrics,
+    ) {
+        match self
+            .redis
+            .finish(&layers.refs(), reserved, actual, request_id)
+            .await
+        {
+            Ok(()) => self.answered(metrics),
+            Err(e) => {
+                log::warn!("limits: cannot settle request {request_id} in Redis: {e}");
+                self.failed(&e, metrics);
+            }
+        }
+    }
+}
