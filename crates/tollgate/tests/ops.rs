@@ -163,6 +163,12 @@ async fn upgrade_under_load_fails_no_request_and_breaks_no_stream() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (plain, streams, failed) = load.finish().await;
+    let (status, body) = long.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.ends_with("data: [DONE]\n\n") && body.matches("word").count() == 60,
+        "the 3-second stream finished whole on the old process: {body}"
+    );
     assert!(
         old_exit.await.unwrap().success(),
         "the old process drains and exits cleanly"
