@@ -199,6 +199,15 @@ impl BudgetTracker {
         self.settle(0.0, cost, now_unix);
     }
 
+    /// Take the spend of the current day and month as known elsewhere (the
+    /// shared backend), for status and metrics; reservations are kept there.
+    pub fn observe(&self, day_spent: f64, month_spent: f64, now_unix: i64) {
+        let mut s = self.state.lock();
+        s.roll(now_unix);
+        s.day_spent = day_spent;
+        s.month_spent = month_spent;
+    }
+
     /// Spend now.
     pub fn status(&self, now_unix: i64) -> BudgetStatus {
         let mut s = self.state.lock();

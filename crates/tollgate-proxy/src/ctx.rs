@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub shared_layers: Option<crate::shared::HeldLayers>,
     /// Dollars reserved against the key's and team's budgets.
     pub budget_reserved: Option<f64>,
+    /// Set when the budgets were reserved in the shared backend: settle there.
+    pub shared_budgets: Option<crate::shared::HeldBudgets>,
     /// The public model.
     pub model: Option<Arc<ModelEntry>>,
     /// The chosen target.
@@ -87,6 +89,7 @@ impl Default for RequestCtx {
             layers: Layers::default(),
             shared_layers: None,
             budget_reserved: None,
+            shared_budgets: None,
             model: None,
             target: None,
             stream: false,

@@ -17,7 +17,7 @@ use tollgate_store::UsageRecord;
 use crate::app::App;
 use crate::ctx::{Operation, RequestCtx};
 use crate::policy::KeyEntry;
-use crate::shared::Decision;
+use crate::shared::{BudgetDecision, Decision, HeldBudgets};
 use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 use crate::steps::{self, Parsed, Stop};
 use crate::{exchange, respond};
@@ -106,15 +106,7 @@ impl Gateway {
                         }
                         OnFailure::FailClosed => {
                             self.metrics.limits_fallback(false);
-                            return Err(Stop::Api(
-                                ApiError::new(
-                                    503,
-                                    ErrorType::Api,
-                                    "The shared rate limiter is unavailable and this gateway is configured to fail closed; please try again shortly.",
-                                )
-                                .with_code("limits_unavailable"),
-                                Some(1),
-                            ));
+                            return Err(limits_unavailable());
                         }
                     },
                 }
@@ -132,10 +124,53 @@ impl Gateway {
             let prompt = parsed.estimate_prompt_tokens();
             p.cost(prompt, 0, estimate.saturating_sub(prompt))
         });
-        match steps::reserve_budget(&key, team.as_deref(), cost_estimate, steps::unix_now()) {
+        let held = self
+            .app
+            .shared
+            .as_ref()
+            .map(|_| HeldBudgets::of(&key, team.as_deref()))
+            .filter(|h| !h.is_empty());
+        let reserved = match (&self.app.shared, held) {
+            (Some(shared), Some(held)) => match shared
+                .reserve_budget(&held, cost_estimate, &ctx.request_id, &self.metrics)
+                .await
+            {
+                BudgetDecision::Reserved => {
+                    ctx.shared_budgets = Some(held);
+                    Ok(())
+                }
+                BudgetDecision::Refused(who, r) => {
+                    let name = if who == "team" {
+                        format!("team `{}`", team.as_ref().map_or("", |t| t.id.as_str()))
+                    } else {
+                        format!("key `{}`", key.name)
+                    };
+                    Err((steps::budget_refused(name, r), who))
+                }
+                BudgetDecision::Unavailable => match shared.on_failure {
+                    OnFailure::FailOpen => {
+                        self.metrics.limits_fallback(true);
+                        steps::reserve_budget(
+                            &key,
+                            team.as_deref(),
+                            cost_estimate,
+                            steps::unix_now(),
+                        )
+                    }
+                    OnFailure::FailClosed => {
+                        self.metrics.limits_fallback(false);
+                        Err((limits_unavailable(), "backend"))
+                    }
+                },
+            },
+            _ => steps::reserve_budget(&key, team.as_deref(), cost_estimate, steps::unix_now()),
+        };
+        match reserved {
             Ok(()) => ctx.budget_reserved = Some(cost_estimate),
             Err((stop, scope)) => {
-                self.metrics.rate_limited(scope, "budget");
+                if scope != "backend" {
+                    self.metrics.rate_limited(scope, "budget");
+                }
                 return Err(stop);
             }
         }
@@ -529,6 +564,11 @@ impl ProxyHttp for Gateway {
         };
         self.metrics
             .request(ctx.op.as_str(), model, provider, status);
+        if let (Some(shared), Some(held)) = (&self.app.shared, ctx.shared_budgets.as_ref()) {
+            shared
+                .settle_budget(held, charged(ctx, cost), &ctx.request_id, &self.metrics)
+                .await;
+        }
         self.account(ctx, model, provider, status, cost, elapsed);
         if ctx.snapshot.as_ref().is_some_and(|s| s.access_log) {
             let line = serde_json::json!({
@@ -569,17 +609,18 @@ impl Gateway {
             return;
         };
         let unix = steps::unix_now();
-        // A stream cut before its usage arrived is charged its estimate (in the
-        // budgets and the ledger alike), as its tokens keep their reservation:
-        // it did cost something, and the provider will bill it.
-        let cost = match ctx.budget_reserved {
-            Some(reserved) if ctx.stream && ctx.usage.is_none() => reserved,
-            _ => cost,
-        };
+        let cost = charged(ctx, cost);
         if let Some(reserved) = ctx.budget_reserved {
-            key.budget.settle(reserved, cost, unix);
+            // Budgets reserved in the shared backend settle there (in
+            // `logging`); scopes without a budget still count locally.
+            let shared = ctx.shared_budgets.is_some();
+            if !shared || key.budget.budget().is_unlimited() {
+                key.budget.settle(reserved, cost, unix);
+            }
             if let Some(t) = &ctx.team {
-                t.budget.settle(reserved, cost, unix);
+                if !shared || t.budget.budget().is_unlimited() {
+                    t.budget.settle(reserved, cost, unix);
+                }
             }
         }
         if let Some(ledger) = &self.app.ledger {
@@ -604,5 +645,28 @@ impl Gateway {
                 error: ctx.error_kind.map(str::to_string),
             });
         }
+    }
+}
+
+/// 503 while the shared limits backend is away and the policy is to fail closed.
+fn limits_unavailable() -> Stop {
+    Stop::Api(
+        ApiError::new(
+            503,
+            ErrorType::Api,
+            "The shared rate limiter is unavailable and this gateway is configured to fail closed; please try again shortly.",
+        )
+        .with_code("limits_unavailable"),
+        Some(1),
+    )
+}
+
+/// What a request is charged: its cost, or, for a stream cut before its usage
+/// arrived, its estimate (in the budgets and the ledger alike), as its tokens
+/// keep their reservation: it did cost something, and the provider will bill it.
+fn charged(ctx: &RequestCtx, cost: f64) -> f64 {
+    match ctx.budget_reserved {
+        Some(reserved) if ctx.stream && ctx.usage.is_none() => reserved,
+        _ => cost,
     }
 }

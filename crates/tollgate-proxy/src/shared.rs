@@ -5,9 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use tollgate_config::{OnFailure, RedisBackend};
-use tollgate_limits::{Admission, Layer, Layers, Limits, Rejection};
+use tollgate_limits::{
+    month_index, Admission, BudgetRefusal, BudgetTracker, Layer, Layers, Limits, Period, Rejection,
+};
 use tollgate_metrics::Metrics;
-use tollgate_redis::{BackendError, LayerRef, RedisLimits, RedisSettings};
+use tollgate_redis::{BackendError, BudgetRef, LayerRef, RedisLimits, RedisSettings};
+
+use crate::policy::{KeyEntry, TeamEntry};
 
 /// After a failure, decisions skip Redis for this long before trying again,
 /// so an outage costs each request nothing rather than a timeout.
@@ -58,6 +62,79 @@ impl HeldLayers {
             })
             .collect()
     }
+}
+
+/// One budget decision.
+pub enum BudgetDecision {
+    /// Reserved in Redis (settle there).
+    Reserved,
+    /// Refused by the key's (`"key"`) or the team's (`"team"`) budget.
+    Refused(&'static str, BudgetRefusal),
+    /// Redis did not answer: apply `on_failure`.
+    Unavailable,
+}
+
+/// The budgets of a request's key and team, owned, with their trackers.
+#[derive(Clone, Debug, Default)]
+pub struct HeldBudgets(
+    Vec<(
+        String,
+        tollgate_limits::Budget,
+        std::sync::Arc<BudgetTracker>,
+    )>,
+);
+
+impl HeldBudgets {
+    /// The key's and the team's budgets, where they have one.
+    pub fn of(key: &KeyEntry, team: Option<&TeamEntry>) -> HeldBudgets {
+        let mut v = Vec::with_capacity(2);
+        for (scope, tracker) in [
+            Some((format!("key:{}", key.id), &key.budget)),
+            team.map(|t| (format!("team:{}", t.id), &t.budget)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let b = tracker.budget();
+            if !b.is_unlimited() {
+                v.push((scope, b, tracker.clone()));
+            }
+        }
+        HeldBudgets(v)
+    }
+
+    /// Nothing to decide.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn refs(&self, now_unix: i64) -> Vec<BudgetRef<'_>> {
+        self.0
+            .iter()
+            .map(|(scope, b, t)| {
+                // The local tracker holds what the ledger knew at start: the
+                // seed of a period no node has written yet.
+                let s = t.status(now_unix);
+                BudgetRef {
+                    scope,
+                    daily_usd: b.daily_usd,
+                    monthly_usd: b.monthly_usd,
+                    day_seed: s.day_spent,
+                    month_seed: s.month_spent,
+                }
+            })
+            .collect()
+    }
+
+    fn observe(&self, spends: &[[f64; 2]], now_unix: i64) {
+        for ((_, _, t), [day, month]) in self.0.iter().zip(spends) {
+            t.observe(*day, *month, now_unix);
+        }
+    }
+}
+
+fn periods(now_unix: i64) -> (i64, i64) {
+    (now_unix.div_euclid(86_400), month_index(now_unix))
 }
 
 fn unix_ms() -> i64 {
@@ -135,6 +212,88 @@ impl SharedLimits {
             Err(e) => {
                 self.failed(&e, metrics);
                 Decision::Unavailable
+            }
+        }
+    }
+
+    /// Reserve `estimate` USD in the key's and the team's budgets.
+    pub async fn reserve_budget(
+        &self,
+        held: &HeldBudgets,
+        estimate: f64,
+        request_id: &str,
+        metrics: &Metrics,
+    ) -> BudgetDecision {
+        if !self.is_up() && unix_ms() < self.retry_at.load(Ordering::Relaxed) {
+            return BudgetDecision::Unavailable;
+        }
+        let now = crate::steps::unix_now();
+        let refs = held.refs(now);
+        match self
+            .redis
+            .reserve_budget(&refs, estimate, request_id, periods(now))
+            .await
+        {
+            Ok(Ok(spends)) => {
+                self.answered(metrics);
+                held.observe(&spends, now);
+                BudgetDecision::Reserved
+            }
+            Ok(Err(r)) => {
+                self.answered(metrics);
+                let (scope, budget, _) = &held.0[r.index.min(held.0.len() - 1)];
+                let (period, limit) = if r.monthly {
+                    (Period::Month, budget.monthly_usd)
+                } else {
+                    (Period::Day, budget.daily_usd)
+                };
+                let limit = limit.unwrap_or(0.0);
+                let who = if scope.starts_with("team:") {
+                    "team"
+                } else {
+                    "key"
+                };
+                BudgetDecision::Refused(
+                    who,
+                    BudgetRefusal {
+                        period,
+                        limit,
+                        spent: r.spent,
+                        held_in_flight: r.spent < limit,
+                    },
+                )
+            }
+            Err(e) => {
+                self.failed(&e, metrics);
+                BudgetDecision::Unavailable
+            }
+        }
+    }
+
+    /// Replace a reservation made in Redis with the real cost. A failure is
+    /// logged: the reservation lapses with its lease, the cost is lost to the
+    /// shared budget (the ledger still has it).
+    pub async fn settle_budget(
+        &self,
+        held: &HeldBudgets,
+        actual: f64,
+        request_id: &str,
+        metrics: &Metrics,
+    ) {
+        let now = crate::steps::unix_now();
+        let refs = held.refs(now);
+        match self
+            .redis
+            .settle_budget(&refs, actual, request_id, periods(now))
+            .await
+        {
+            Ok(spends) => {
+                self.answered(metrics);
+                held.observe(&spends, now);
+            }
+            Err(e) => {
+                log::warn!("budgets: cannot settle request {request_id} in Redis: {e}");
+                self.failed(&e, metrics);
             }
         }
     }

@@ -259,17 +259,10 @@ pub fn refused(
     }
 }
 
-/// Budgets of the key and its team: reserve the estimated cost, or refuse
-/// with `insufficient_quota` once either is spent.
-pub fn reserve_budget(
-    key: &KeyEntry,
-    team: Option<&TeamEntry>,
-    estimate: f64,
-    now_unix: i64,
-) -> Result<(), (Stop, &'static str)> {
-    let refuse = |who: String, r: tollgate_limits::BudgetRefusal| {
-        if r.held_in_flight {
-            return Stop::Api(
+/// The answer to a request a spent budget refused (`who`: e.g. "key `x`").
+pub fn budget_refused(who: String, r: tollgate_limits::BudgetRefusal) -> Stop {
+    if r.held_in_flight {
+        return Stop::Api(
                 ApiError::new(
                     429,
                     ErrorType::RateLimit,
@@ -283,8 +276,8 @@ pub fn reserve_budget(
                 .with_code("rate_limit_exceeded"),
                 Some(1),
             );
-        }
-        Stop::Api(
+    }
+    Stop::Api(
             ApiError::new(
                 429,
                 ErrorType::InsufficientQuota,
@@ -299,7 +292,17 @@ pub fn reserve_budget(
             .with_code("insufficient_quota"),
             None,
         )
-    };
+}
+
+/// Budgets of the key and its team: reserve the estimated cost, or refuse
+/// with `insufficient_quota` once either is spent.
+pub fn reserve_budget(
+    key: &KeyEntry,
+    team: Option<&TeamEntry>,
+    estimate: f64,
+    now_unix: i64,
+) -> Result<(), (Stop, &'static str)> {
+    let refuse = budget_refused;
     key.budget
         .reserve(estimate, now_unix)
         .map_err(|r| (refuse(format!("key `{}`", key.name), r), "key"))?;

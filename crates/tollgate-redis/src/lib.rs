@@ -84,6 +84,8 @@ struct Inner {
     settings: RedisSettings,
     admit: Script,
     finish: Script,
+    reserve: Script,
+    settle: Script,
 }
 
 /// Dropping it never blocks, so a `RedisLimits` may be dropped in async code.
@@ -194,6 +196,101 @@ end
 return {1}
 "#;
 
+/// Budgets in USD per UTC day and month. Per scope and period, a hash holds
+/// `spent` and `held` (reserved by requests in flight), a hash `amounts` what
+/// each request in flight reserved, and a sorted set `leases` when each
+/// reservation lapses, so a node that died does not hold budget forever.
+/// ARGV: n, estimate, request id, lease ms; per scope: daily limit, monthly
+/// limit (-1: none), daily seed, monthly seed (spend the ledger knew, used
+/// when no node has written the period yet). Leases run on Redis's clock.
+/// KEYS per scope: day hash, month hash, day leases, month leases.
+const BUDGET_RESERVE: &str = r#"
+local n, est, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {1}
+for i = 0, n - 1 do
+  for d = 0, 1 do
+    local key, leases = KEYS[i * 4 + 1 + d], KEYS[i * 4 + 3 + d]
+    redis.call('HSETNX', key, 'spent', ARGV[5 + i * 4 + 2 + d])
+    -- Reservations whose node never settled them lapse.
+    local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+    for _, r in ipairs(gone) do
+      local amt = tonumber(redis.call('HGET', key, 'r:' .. r) or '0')
+      redis.call('HINCRBYFLOAT', key, 'held', -amt)
+      redis.call('HDEL', key, 'r:' .. r)
+      redis.call('ZREM', leases, r)
+    end
+    local limit = tonumber(ARGV[5 + i * 4 + d])
+    local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
+    local held = math.max(0, tonumber(redis.call('HGET', key, 'held') or '0'))
+    if limit >= 0 and spent + held >= limit then
+      return {0, i, d, tostring(spent)}
+    end
+    table.insert(out, tostring(spent))
+  end
+end
+for i = 0, n - 1 do
+  for d = 0, 1 do
+    local key, leases = KEYS[i * 4 + 1 + d], KEYS[i * 4 + 3 + d]
+    redis.call('HINCRBYFLOAT', key, 'held', est)
+    redis.call('HSET', key, 'r:' .. rid, tostring(est))
+    redis.call('ZADD', leases, now + lease, rid)
+    local ttl = (d == 0) and 172800000 or 3456000000
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', leases, ttl)
+  end
+end
+return out
+"#;
+
+/// Settle: ARGV: n, request id, actual cost; per scope: daily seed, monthly
+/// seed. KEYS as for the reservation.
+const BUDGET_SETTLE: &str = r#"
+local n, rid, actual = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {1}
+for i = 0, n - 1 do
+  for d = 0, 1 do
+    local key, leases = KEYS[i * 4 + 1 + d], KEYS[i * 4 + 3 + d]
+    redis.call('HSETNX', key, 'spent', ARGV[4 + i * 2 + d])
+    local amt = redis.call('HGET', key, 'r:' .. rid)
+    if amt then
+      redis.call('HINCRBYFLOAT', key, 'held', -tonumber(amt))
+      redis.call('HDEL', key, 'r:' .. rid)
+      redis.call('ZREM', leases, rid)
+    end
+    table.insert(out, redis.call('HINCRBYFLOAT', key, 'spent', actual))
+  end
+end
+return out
+"#;
+
+/// One scope's budget in a decision.
+#[derive(Clone, Copy, Debug)]
+pub struct BudgetRef<'a> {
+    /// `key:<id>` or `team:<id>`.
+    pub scope: &'a str,
+    /// Daily budget in USD, if any.
+    pub daily_usd: Option<f64>,
+    /// Monthly budget in USD, if any.
+    pub monthly_usd: Option<f64>,
+    /// Spent today according to the ledger, used if no node wrote today yet.
+    pub day_seed: f64,
+    /// Spent this month according to the ledger, likewise.
+    pub month_seed: f64,
+}
+
+/// A budget refused: which scope (index), which period, spent so far.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetRefused {
+    /// Index into the scopes given.
+    pub index: usize,
+    /// `false`: the day; `true`: the month.
+    pub monthly: bool,
+    /// Spent in that period, in USD.
+    pub spent: f64,
+}
+
 fn n(v: Option<u64>) -> u64 {
     v.unwrap_or(0)
 }
@@ -236,6 +333,8 @@ impl RedisLimits {
                 settings,
                 admit: Script::new(ADMIT),
                 finish: Script::new(FINISH),
+                reserve: Script::new(BUDGET_RESERVE),
+                settle: Script::new(BUDGET_SETTLE),
             }),
             rt,
         })
@@ -252,13 +351,32 @@ impl RedisLimits {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<i64>, BackendError> {
+        self.run_script(
+            if finish { Which::Finish } else { Which::Admit },
+            keys,
+            args,
+        )
+        .await
+    }
+
+    async fn run_script<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        which: Which,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, BackendError> {
         let inner = self.inner.clone();
         let timeout = inner.settings.timeout;
         self.rt
             .run(async move {
                 let i = inner.next.fetch_add(1, Ordering::Relaxed) % inner.conns.len();
                 let mut conn = inner.conns[i].clone();
-                let script = if finish { &inner.finish } else { &inner.admit };
+                let script = match which {
+                    Which::Admit => &inner.admit,
+                    Which::Finish => &inner.finish,
+                    Which::Reserve => &inner.reserve,
+                    Which::Settle => &inner.settle,
+                };
                 let mut inv = script.prepare_invoke();
                 for k in &keys {
                     inv.key(k);
@@ -338,6 +456,121 @@ impl RedisLimits {
             }
         }
         self.run(true, keys, args).await.map(|_| ())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Admit,
+    Finish,
+    Reserve,
+    Settle,
+}
+
+fn budget_keys(prefix: &str, scopes: &[BudgetRef<'_>], day: i64, month: i64) -> Vec<String> {
+    let mut keys = Vec::with_capacity(scopes.len() * 4);
+    for b in scopes {
+        keys.push(format!("{prefix}:budget:{}:d:{day}", b.scope));
+        keys.push(format!("{prefix}:budget:{}:m:{month}", b.scope));
+        keys.push(format!("{prefix}:budget:{}:d:{day}:leases", b.scope));
+        keys.push(format!("{prefix}:budget:{}:m:{month}:leases", b.scope));
+    }
+    keys
+}
+
+impl RedisLimits {
+    /// Reserve `estimate` USD in every scope's daily and monthly budget, or
+    /// nothing: refused once what is spent plus what requests in flight hold
+    /// reaches a budget (as in this process, so the overspend is bounded by one
+    /// request beyond its estimate). `day` and `month` index the UTC periods.
+    /// On success, the spend of each scope: `[day, month]`.
+    pub async fn reserve_budget(
+        &self,
+        scopes: &[BudgetRef<'_>],
+        estimate: f64,
+        request_id: &str,
+        (day, month): (i64, i64),
+    ) -> Result<Result<Vec<[f64; 2]>, BudgetRefused>, BackendError> {
+        let keys = budget_keys(&self.inner.settings.key_prefix, scopes, day, month);
+        let mut args = vec![
+            scopes.len().to_string(),
+            estimate.to_string(),
+            request_id.to_string(),
+            self.inner.settings.lease.as_millis().to_string(),
+        ];
+        for b in scopes {
+            args.push(b.daily_usd.map_or("-1".into(), |v| v.to_string()));
+            args.push(b.monthly_usd.map_or("-1".into(), |v| v.to_string()));
+            args.push(b.day_seed.to_string());
+            args.push(b.month_seed.to_string());
+        }
+        let reply: Vec<redis::Value> = self.run_script(Which::Reserve, keys, args).await?;
+        let num = |v: &redis::Value| -> Option<f64> {
+            match v {
+                redis::Value::Int(i) => Some(*i as f64),
+                redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                redis::Value::SimpleString(s) => s.parse().ok(),
+                _ => None,
+            }
+        };
+        let bad = || BackendError::Reply(Vec::new());
+        match reply.first().and_then(num) {
+            Some(f) if f == 0.0 => {
+                let index = reply.get(1).and_then(num).ok_or_else(bad)? as usize;
+                let monthly = reply.get(2).and_then(num).ok_or_else(bad)? != 0.0;
+                let spent = reply.get(3).and_then(num).ok_or_else(bad)?;
+                Ok(Err(BudgetRefused {
+                    index,
+                    monthly,
+                    spent,
+                }))
+            }
+            Some(_) => {
+                let v: Vec<f64> = reply
+                    .get(1..)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(num)
+                    .collect();
+                if v.len() != scopes.len() * 2 {
+                    return Err(bad());
+                }
+                Ok(Ok(v.chunks(2).map(|c| [c[0], c[1]]).collect()))
+            }
+            None => Err(bad()),
+        }
+    }
+
+    /// Replace a reservation with the real cost. Returns each scope's spend
+    /// `[day, month]` after it.
+    pub async fn settle_budget(
+        &self,
+        scopes: &[BudgetRef<'_>],
+        actual: f64,
+        request_id: &str,
+        (day, month): (i64, i64),
+    ) -> Result<Vec<[f64; 2]>, BackendError> {
+        let keys = budget_keys(&self.inner.settings.key_prefix, scopes, day, month);
+        let mut args = vec![
+            scopes.len().to_string(),
+            request_id.to_string(),
+            actual.to_string(),
+        ];
+        for b in scopes {
+            args.push(b.day_seed.to_string());
+            args.push(b.month_seed.to_string());
+        }
+        let reply: Vec<String> = self.run_script(Which::Settle, keys, args).await?;
+        let v: Vec<f64> = reply
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if v.len() != scopes.len() * 2 {
+            return Err(BackendError::Reply(Vec::new()));
+        }
+        Ok(v.chunks(2).map(|c| [c[0], c[1]]).collect())
     }
 }
 

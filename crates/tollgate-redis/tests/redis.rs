@@ -192,3 +192,64 @@ async fn nodes_share_one_limit() {
     }
     assert_eq!(ok, 30, "30 per minute across three nodes, not 30 each");
 }
+
+fn budget(scope: &str, daily: f64, seed: f64) -> tollgate_redis::BudgetRef<'_> {
+    tollgate_redis::BudgetRef {
+        scope,
+        daily_usd: Some(daily),
+        monthly_usd: None,
+        day_seed: seed,
+        month_seed: seed,
+    }
+}
+
+#[tokio::test]
+async fn budgets_reserve_settle_and_refuse_across_nodes() {
+    let a = limits(60_000).await;
+    let p = (20_000, 650);
+    // The ledger knew $0.50 spent today; the budget is $1.
+    let b = [budget("key:a", 1.0, 0.5)];
+    let spent = a.reserve_budget(&b, 0.3, "r1", p).await.unwrap().unwrap();
+    assert_eq!(spent, vec![[0.5, 0.5]]);
+    // 0.5 spent + 0.3 held < 1: still admitted (the estimate of this one is
+    // not counted, so the overspend is at most one request).
+    assert!(a.reserve_budget(&b, 0.3, "r2", p).await.unwrap().is_ok());
+    // 0.5 + 0.6 held ≥ 1: refused while they are in flight.
+    let r = a
+        .reserve_budget(&b, 0.3, "r3", p)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((r.index, r.monthly), (0, false));
+    // They cost 0.1 each: 0.7 spent, room again.
+    let after = a.settle_budget(&b, 0.1, "r1", p).await.unwrap();
+    assert!((after[0][0] - 0.6).abs() < 1e-9, "{after:?}");
+    a.settle_budget(&b, 0.1, "r2", p).await.unwrap();
+    assert!(a.reserve_budget(&b, 0.3, "r4", p).await.unwrap().is_ok());
+    a.settle_budget(&b, 0.35, "r4", p).await.unwrap();
+    // 1.05 spent: refused, and not because of requests in flight.
+    let r = a
+        .reserve_budget(&b, 0.01, "r5", p)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!((r.spent - 1.05).abs() < 1e-9, "{r:?}");
+    // A new day starts from its own seed.
+    assert!(a
+        .reserve_budget(&b, 0.3, "r6", (20_001, 650))
+        .await
+        .unwrap()
+        .is_ok());
+}
+
+#[tokio::test]
+async fn budget_reservations_of_a_dead_node_lapse() {
+    let a = limits(300).await;
+    let p = (20_000, 650);
+    let b = [budget("team:t", 1.0, 0.0)];
+    assert!(a.reserve_budget(&b, 0.6, "lost1", p).await.unwrap().is_ok());
+    assert!(a.reserve_budget(&b, 0.6, "lost2", p).await.unwrap().is_ok());
+    assert!(a.reserve_budget(&b, 0.1, "x", p).await.unwrap().is_err());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(a.reserve_budget(&b, 0.1, "y", p).await.unwrap().is_ok());
+}

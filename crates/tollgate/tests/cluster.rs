@@ -16,6 +16,7 @@ use common::{client, free_port, metric, scrape, signal, start, wait_healthy};
 const ADMIN: &str = "tg-cluster-admin-token-01";
 const LIMITED: &str = "tg-cluster-limited-key-01";
 const TOKENS: &str = "tg-cluster-tokens-key-001";
+const SPENDER: &str = "tg-cluster-spender-key-01";
 
 /// A redis-server of the test's own, on a free port, keeping nothing on disk.
 struct Redis {
@@ -112,6 +113,7 @@ models:
 keys:
   - {{name: limited, key: {LIMITED}, limits: {{rpm: 100}}}}
   - {{name: tokens, key: {TOKENS}, limits: {{tpd: 600}}}}
+  - {{name: spender, key: {SPENDER}, budget: {{daily_usd: 0.002}}}}
 limits:
   backend:
     kind: redis
@@ -180,7 +182,7 @@ async fn chat(url: &str, key: &str, prompt: &str) -> (u16, serde_json::Value) {
 
 /// Three nodes, load spread across them: a 100 rpm key gets 100 ± 2 requests
 /// a minute in total (not 100 per node); a 600 tokens-per-day key is never
-/// overspent by more than one request; a key disabled through one node's
+/// overspent by more than one request, nor is a USD budget; a key disabled through one node's
 /// admin API is refused by every node within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_enforce_one_limit_and_one_policy() {
@@ -274,6 +276,35 @@ async fn three_nodes_enforce_one_limit_and_one_policy() {
     eprintln!("cluster: tokens-per-day 600: used {used}, {refused} refused");
     assert!(refused > 0, "the daily tokens ran out");
     assert!(used <= 600, "used {used} of 600 tokens");
+
+    // A $0.002 daily budget across nodes: spent once, not once per node.
+    let (mut ok, mut most) = (0, 0.0f64);
+    for i in 0..90 {
+        let n = &nodes[i % 3];
+        let (status, body) = chat(
+            &n.url("/v1/chat/completions"),
+            SPENDER,
+            "spend [[mock:words=15]]",
+        )
+        .await;
+        match status {
+            200 => {
+                ok += 1;
+                let u = &body["usage"];
+                let cost = u["prompt_tokens"].as_f64().unwrap() * 1e-6
+                    + u["completion_tokens"].as_f64().unwrap() * 2e-6;
+                most = most.max(cost);
+            }
+            429 => assert_eq!(body["error"]["code"], "insufficient_quota", "{body}"),
+            s => panic!("status {s}: {body}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store = tollgate_store::Store::open(pg.url(), 2).await.unwrap();
+    let spent = store.spend_since(0).await.unwrap().by_key["config:spender"];
+    eprintln!("cluster: $0.002 budget across 3 nodes: {ok} admitted, ${spent:.6} spent (one request ≤ ${most:.6})");
+    assert!(ok < 90, "the budget ran out");
+    assert!(spent <= 0.002 + most + 1e-9, "spent ${spent} of $0.002");
 
     // 100 rpm across three nodes. Spend the initial burst, then count what is
     // admitted in one minute: the refill, 100 — not 300.
