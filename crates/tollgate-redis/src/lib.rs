@@ -515,7 +515,7 @@ impl RedisLimits {
         };
         let bad = || BackendError::Reply(Vec::new());
         match reply.first().and_then(num) {
-            Some(f) if f == 0.0 => {
+            Some(0.0) => {
                 let index = reply.get(1).and_then(num).ok_or_else(bad)? as usize;
                 let monthly = reply.get(2).and_then(num).ok_or_else(bad)? != 0.0;
                 let spent = reply.get(3).and_then(num).ok_or_else(bad)?;
