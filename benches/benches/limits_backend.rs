@@ -27,9 +27,9 @@ use tollgate_redis::{LayerRef, RedisLimits, RedisSettings};
 /// Tokens reserved at admission, and what the response turned out to use.
 const RESERVED: u64 = 420;
 const ACTUAL: u64 = 380;
-/// Concurrent requests in the concurrent rows, and the gateway-like runtime's
-/// workers (`server.threads` defaults to the number of cores: 2 here).
-const TASKS: usize = 32;
+/// Concurrent requests in the concurrent Redis rows, and the gateway-like
+/// runtime's workers (`server.threads` defaults to the number of cores: 2 here).
+const TASKS: [usize; 2] = [4, 32];
 const WORKERS: usize = 2;
 /// The gateway's defaults for the Redis backend: pool of 4, 50 ms timeout.
 const POOL: usize = 4;
@@ -152,26 +152,31 @@ fn local_sequential(c: &Counts) -> Row {
 fn local_threads(c: &Counts) -> Row {
     let layers = local_layers();
     let per = c.samples / WORKERS;
-    let start = Instant::now();
-    let ns = std::thread::scope(|s| {
+    let ready = std::sync::Barrier::new(WORKERS + 1);
+    let (ns, wall) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..WORKERS)
             .map(|_| {
                 s.spawn(|| {
                     for _ in 0..c.warmup {
                         local_one(&layers);
                     }
+                    ready.wait();
                     (0..per).map(|_| local_one(&layers)).collect::<Vec<_>>()
                 })
             })
             .collect();
-        hs.into_iter()
+        ready.wait();
+        let start = Instant::now();
+        let ns = hs
+            .into_iter()
             .flat_map(|h| h.join().unwrap())
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (ns, start.elapsed())
     });
     Row {
         name: format!("local, {WORKERS} threads"),
         ns,
-        wall: start.elapsed(),
+        wall,
     }
 }
 
@@ -199,47 +204,21 @@ async fn redis_one(r: &RedisLimits, layers: &[LayerRef<'_>], id: &str) -> u64 {
     t0.elapsed().as_nanos() as u64
 }
 
-async fn redis_sequential(r: Arc<RedisLimits>, c: &Counts) -> Row {
-    let (samples, warmup) = (c.samples, c.warmup);
-    // Spawned, so that it runs on a worker as a request does in Pingora.
-    let (ns, wall) = tokio::spawn(async move {
-        let layers = redis_layers();
-        for i in 0..warmup {
-            redis_one(&r, &layers, &format!("w{i}")).await;
-        }
-        let start = Instant::now();
-        let mut ns = Vec::with_capacity(samples);
-        for i in 0..samples {
-            let id = format!("s{i}");
-            ns.push(redis_one(&r, &layers, &id).await);
-        }
-        (ns, start.elapsed())
-    })
-    .await
-    .unwrap();
-    Row {
-        name: "redis, sequential".into(),
-        ns,
-        wall,
-    }
-}
-
-async fn redis_concurrent(r: Arc<RedisLimits>, c: &Counts) -> Row {
-    let per = c.samples / TASKS;
-    let warmup = c.warmup / TASKS + 1;
-    let ready = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
-    let tasks: Vec<_> = (0..TASKS)
+/// `n` requests from `tasks` tasks on the runtime (spawned, so that they run
+/// on its workers as requests do in Pingora), each task one request at a time.
+/// Timed from when every task is ready; `tag` keeps request ids apart.
+async fn redis_row(r: &Arc<RedisLimits>, n: usize, tasks: usize, tag: &str) -> Row {
+    let per = n / tasks;
+    let ready = Arc::new(tokio::sync::Barrier::new(tasks + 1));
+    let handles: Vec<_> = (0..tasks)
         .map(|t| {
-            let (r, ready) = (r.clone(), ready.clone());
+            let (r, ready, tag) = (r.clone(), ready.clone(), tag.to_string());
             tokio::spawn(async move {
                 let layers = redis_layers();
-                for i in 0..warmup {
-                    redis_one(&r, &layers, &format!("w{t}-{i}")).await;
-                }
                 ready.wait().await;
                 let mut ns = Vec::with_capacity(per);
                 for i in 0..per {
-                    let id = format!("c{t}-{i}");
+                    let id = format!("{tag}-{t}-{i}");
                     ns.push(redis_one(&r, &layers, &id).await);
                 }
                 ns
@@ -248,12 +227,16 @@ async fn redis_concurrent(r: Arc<RedisLimits>, c: &Counts) -> Row {
         .collect();
     ready.wait().await;
     let start = Instant::now();
-    let mut ns = Vec::with_capacity(per * TASKS);
-    for t in tasks {
-        ns.extend(t.await.unwrap());
+    let mut ns = Vec::with_capacity(per * tasks);
+    for h in handles {
+        ns.extend(h.await.unwrap());
     }
     Row {
-        name: format!("redis, {TASKS} concurrent"),
+        name: if tasks == 1 {
+            "redis, sequential".into()
+        } else {
+            format!("redis, {tasks} concurrent")
+        },
         ns,
         wall: start.elapsed(),
     }
@@ -300,27 +283,58 @@ impl Raw {
         }
     }
 
-    /// Calls and µs spent in scripts so far (`INFO commandstats`, all clients).
-    async fn script_usec(&mut self) -> std::io::Result<(u64, u64)> {
-        let info = self.cmd(&["INFO", "commandstats"]).await?;
-        let (mut calls, mut usec) = (0, 0);
+    /// What the server has spent so far (all clients: a Redis that others use
+    /// at the same time blurs it).
+    async fn server(&mut self) -> Server {
+        let mut srv = Server::default();
+        let Ok(info) = self.cmd(&["INFO", "all"]).await else {
+            return srv;
+        };
         for line in info.lines() {
-            let Some(rest) = line
+            if let Some(rest) = line
                 .strip_prefix("cmdstat_evalsha:")
                 .or_else(|| line.strip_prefix("cmdstat_eval:"))
-            else {
-                continue;
-            };
-            for kv in rest.split(',') {
-                match kv.split_once('=') {
-                    Some(("calls", v)) => calls += v.parse::<u64>().unwrap_or(0),
-                    Some(("usec", v)) => usec += v.parse::<u64>().unwrap_or(0),
-                    _ => {}
+            {
+                for kv in rest.split(',') {
+                    match kv.split_once('=') {
+                        Some(("calls", v)) => srv.scripts += v.parse::<u64>().unwrap_or(0),
+                        Some(("usec", v)) => srv.script_us += v.parse::<u64>().unwrap_or(0),
+                        _ => {}
+                    }
                 }
+            } else if let Some(v) = line
+                .strip_prefix("used_cpu_user_main_thread:")
+                .or_else(|| line.strip_prefix("used_cpu_sys_main_thread:"))
+            {
+                srv.cpu_s += v.trim().parse::<f64>().unwrap_or(0.0);
             }
         }
-        Ok((calls, usec))
+        srv
     }
+}
+
+/// Scripts run, µs spent in them (`INFO commandstats`) and CPU seconds of
+/// Redis's main thread (`INFO cpu`).
+#[derive(Clone, Copy, Default)]
+struct Server {
+    scripts: u64,
+    script_us: u64,
+    cpu_s: f64,
+}
+
+/// What Redis itself spent during a row.
+fn server_note(row: &Row, before: Server, after: Server) -> Option<String> {
+    let calls = after.scripts.checked_sub(before.scripts)?;
+    if calls == 0 {
+        return None;
+    }
+    Some(format!(
+        "{}: Redis ran {:.2} scripts per request, {:.1} µs each (commandstats); its main thread was busy {:.0}% of the row",
+        row.name,
+        calls as f64 / row.ns.len() as f64,
+        after.script_us.saturating_sub(before.script_us) as f64 / calls as f64,
+        100.0 * (after.cpu_s - before.cpu_s) / row.wall.as_secs_f64()
+    ))
 }
 
 /// The loopback round trip alone: PING on a raw connection, from the runtime.
@@ -351,7 +365,7 @@ fn main() {
     let c = match (env_samples, full) {
         (Some(n), _) => Counts {
             samples: n,
-            warmup: (n / 10).max(TASKS),
+            warmup: (n / 10).max(64),
         },
         (None, true) => Counts {
             samples: 20_000,
@@ -412,16 +426,13 @@ fn main() {
     });
     if let Some((mut raw, limits)) = redis {
         rt.block_on(async {
-            let before = raw.script_usec().await.unwrap_or((0, 0));
-            rows.push(redis_sequential(limits.clone(), &c).await);
-            let after = raw.script_usec().await.unwrap_or((0, 0));
-            if after.0 > before.0 {
-                notes.push(format!(
-                    "Redis's own time per script (INFO commandstats, eval + evalsha, sequential row): {:.1} µs",
-                    (after.1 - before.1) as f64 / (after.0 - before.0) as f64
-                ));
+            for tasks in std::iter::once(1).chain(TASKS) {
+                redis_row(&limits, c.warmup, tasks, &format!("w{tasks}")).await;
+                let before = raw.server().await;
+                let row = redis_row(&limits, c.samples, tasks, &format!("r{tasks}")).await;
+                notes.extend(server_note(&row, before, raw.server().await));
+                rows.push(row);
             }
-            rows.push(redis_concurrent(limits.clone(), &c).await);
             rows.push(ping(&mut raw, &c).await);
             // The run's keys: 4 scopes × rpm, tpm, tpd, conc.
             let keys: Vec<String> = layers_spec()
@@ -434,7 +445,9 @@ fn main() {
             del.extend(keys.iter().map(String::as_str));
             match raw.cmd(&del).await {
                 Ok(n) => notes.push(format!("deleted the run's {n} Redis keys ({prefix}:*)")),
-                Err(e) => notes.push(format!("could not delete {prefix}:* ({e}); they expire in 2 min")),
+                Err(e) => notes.push(format!(
+                    "could not delete {prefix}:* ({e}); they expire in 2 min"
+                )),
             }
         });
     }
@@ -443,9 +456,9 @@ fn main() {
     eprintln!(
         "\nlimits backend: one admit + one finish per request, 4 layers (key, team, model, global;\n\
          rpm + tpm each, concurrency cap on the key), {RESERVED} tokens reserved, {ACTUAL} settled.\n\
-         {} samples per row after {} warm-up; concurrent rows: {WORKERS} threads (local) or {TASKS} tasks\n\
+         {} samples per row after {} warm-up; concurrent rows: {WORKERS} threads (local) or {:?} tasks\n\
          on a {WORKERS}-worker runtime (redis); Redis {url}, pool {POOL}.\n",
-        c.samples, c.warmup
+        c.samples, c.warmup, TASKS
     );
     eprintln!(
         "{:<w$}  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>6}",
@@ -466,17 +479,21 @@ fn main() {
             s.over_timeout
         );
     }
-    if stats.len() >= 4 {
+    // Rows 2.. (but the last, PING) are Redis's: each against the local row
+    // alike in concurrency (sequential, or the local threads).
+    if rows.len() > 3 {
         eprintln!("\nadded latency per request (redis − local):");
-        for (label, redis, local) in [
-            ("sequential", &stats[2], &stats[0]),
-            ("concurrent", &stats[3], &stats[1]),
-        ] {
+        for (i, (r, s)) in rows.iter().zip(&stats).enumerate().skip(2) {
+            if i == rows.len() - 1 {
+                break;
+            }
+            let local = if i == 2 { &stats[0] } else { &stats[1] };
             eprintln!(
-                "  {label:<10}  p50 +{}  p99 +{}  mean +{}",
-                us(redis.p50 as f64 - local.p50 as f64),
-                us(redis.p99 as f64 - local.p99 as f64),
-                us(redis.mean - local.mean)
+                "  {:<w$}  p50 +{}  p99 +{}  mean +{}",
+                r.name,
+                us(s.p50 as f64 - local.p50 as f64),
+                us(s.p99 as f64 - local.p99 as f64),
+                us(s.mean - local.mean)
             );
         }
     }
