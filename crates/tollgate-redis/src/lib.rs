@@ -8,8 +8,10 @@
 //! frees the concurrency slot. Both read the clock from Redis (`TIME`), so
 //! nodes with skewed clocks agree.
 //!
-//! Token buckets are hashes (`l`: level, `t`: last update in ms) that expire
-//! after two periods of disuse. A concurrency slot is a member of a sorted set
+//! A scope's token buckets share one hash (`rl`/`rt`: requests per minute,
+//! `tl`/`tt`: tokens per minute, `dl`/`dt`: tokens per day — level and last
+//! update in ms), so a decision reads and writes each scope once; it expires
+//! after two periods of its longest bucket. A concurrency slot is a member of a sorted set
 //! scored by its lease's end, so the slots of a node that died are freed when
 //! their lease runs out instead of leaking forever.
 //!
@@ -115,31 +117,37 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n, tokens, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local periods = {60000, 60000, 86400000}
+local fields = {{'rl', 'rt'}, {'tl', 'tt'}, {'dl', 'dt'}}
 local writes, out = {}, {1}
 for i = 0, n - 1 do
   local a = 5 + i * 6
+  local key = KEYS[i * 2 + 1]
   local specs = {
     {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), 1},
     {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tokens},
     {tonumber(ARGV[a + 4]), tonumber(ARGV[a + 4]), tokens},
   }
   local status = {-1, 0, -1, 0, -1}
+  local v = nil
+  local w = {}
   for j = 1, 3 do
     local limit, cap, cost = specs[j][1], specs[j][2], specs[j][3]
     if limit > 0 then
-      local key = KEYS[i * 4 + j]
+      if not v then v = redis.call('HMGET', key, 'rl', 'rt', 'tl', 'tt', 'dl', 'dt') end
       local rate = limit / periods[j]
-      local v = redis.call('HMGET', key, 'l', 't')
       local level = cap
-      if v[1] then
-        level = math.min(cap, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * rate)
+      if v[j * 2 - 1] then
+        level = math.min(cap, tonumber(v[j * 2 - 1]) + math.max(0, now - tonumber(v[j * 2])) * rate)
       end
       if cost > cap then return {0, i, j, -1, limit} end
       if level < cost then
         return {0, i, j, math.ceil((cost - level) / rate), limit}
       end
       local left = level - cost
-      table.insert(writes, {key, left, periods[j] * 2})
+      table.insert(w, fields[j][1])
+      table.insert(w, tostring(left))
+      table.insert(w, fields[j][2])
+      table.insert(w, now)
       local reset = math.ceil((cap - left) / rate)
       if j == 1 then
         status[1], status[2] = math.floor(left), reset
@@ -148,50 +156,60 @@ for i = 0, n - 1 do
       end
     end
   end
+  if #w > 0 then
+    local ttl = (specs[3][1] > 0) and 172800000 or 120000
+    table.insert(writes, {key, w, ttl})
+  end
   local conc = tonumber(ARGV[a + 5])
   if conc > 0 then
-    local key = KEYS[i * 4 + 4]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if redis.call('ZCARD', key) >= conc then return {0, i, 4, 1000, conc} end
+    local ckey = KEYS[i * 2 + 2]
+    redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
+    if redis.call('ZCARD', ckey) >= conc then return {0, i, 4, 1000, conc} end
   end
-  for _, v in ipairs(status) do table.insert(out, v) end
+  for _, x in ipairs(status) do table.insert(out, x) end
 end
-for _, w in ipairs(writes) do
-  redis.call('HSET', w[1], 'l', tostring(w[2]), 't', now)
-  redis.call('PEXPIRE', w[1], w[3])
+for _, x in ipairs(writes) do
+  redis.call('HSET', x[1], unpack(x[2]))
+  redis.call('PEXPIRE', x[1], x[3])
 end
 for i = 0, n - 1 do
   if tonumber(ARGV[5 + i * 6 + 5]) > 0 then
-    local key = KEYS[i * 4 + 4]
-    redis.call('ZADD', key, now + lease, rid)
-    redis.call('PEXPIRE', key, lease * 2)
+    local ckey = KEYS[i * 2 + 2]
+    redis.call('ZADD', ckey, now + lease, rid)
+    redis.call('PEXPIRE', ckey, lease * 2)
   end
 end
 return out
 "#;
 
+/// ARGV: n, reserved − actual, request id; per layer: tpm, tpm burst, tpd,
+/// concurrency cap. KEYS per layer: bucket hash, slot set.
 const FINISH: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n, delta, rid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local periods = {60000, 86400000}
 for i = 0, n - 1 do
-  local a = 4 + i * 3
-  if delta ~= 0 then
-    local specs = {{tonumber(ARGV[a]), tonumber(ARGV[a + 1])}, {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 2])}}
-    for j = 1, 2 do
-      local limit, cap = specs[j][1], specs[j][2]
-      local key = KEYS[i * 3 + j]
-      if limit > 0 then
-        local v = redis.call('HMGET', key, 'l', 't')
-        if v[1] then
-          local level = math.min(cap, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * limit / periods[j])
-          redis.call('HSET', key, 'l', tostring(math.min(cap, level + delta)), 't', now)
-        end
+  local a = 4 + i * 4
+  local tpm, tcap, tpd = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local key = KEYS[i * 2 + 1]
+  if delta ~= 0 and (tpm > 0 or tpd > 0) then
+    local v = redis.call('HMGET', key, 'tl', 'tt', 'dl', 'dt')
+    local w = {}
+    for j, spec in ipairs({{tpm, tcap, 60000, 'tl', 'tt'}, {tpd, tpd, 86400000, 'dl', 'dt'}}) do
+      local limit, cap = spec[1], spec[2]
+      if limit > 0 and v[j * 2 - 1] then
+        local level = math.min(cap, tonumber(v[j * 2 - 1]) + math.max(0, now - tonumber(v[j * 2])) * limit / spec[3])
+        table.insert(w, spec[4])
+        table.insert(w, tostring(math.min(cap, level + delta)))
+        table.insert(w, spec[5])
+        table.insert(w, now)
       end
     end
+    if #w > 0 then redis.call('HSET', key, unpack(w)) end
   end
-  redis.call('ZREM', KEYS[i * 3 + 3], rid)
+  if tonumber(ARGV[a + 3]) > 0 then
+    redis.call('ZREM', KEYS[i * 2 + 2], rid)
+  end
 end
 return {1}
 "#;
@@ -400,11 +418,10 @@ impl RedisLimits {
         tokens: u64,
         request_id: &str,
     ) -> Result<Result<Admission, Rejection>, BackendError> {
-        let mut keys = Vec::with_capacity(layers.len() * 4);
+        let mut keys = Vec::with_capacity(layers.len() * 2);
         for l in layers {
-            for what in ["rpm", "tpm", "tpd", "conc"] {
-                keys.push(self.key(l.scope, what));
-            }
+            keys.push(self.key(l.scope, "b"));
+            keys.push(self.key(l.scope, "conc"));
         }
         let mut args = Vec::with_capacity(4 + layers.len() * 6);
         args.push(layers.len().to_string());
@@ -437,11 +454,10 @@ impl RedisLimits {
         actual: Option<u64>,
         request_id: &str,
     ) -> Result<(), BackendError> {
-        let mut keys = Vec::with_capacity(layers.len() * 3);
+        let mut keys = Vec::with_capacity(layers.len() * 2);
         for l in layers {
-            for what in ["tpm", "tpd", "conc"] {
-                keys.push(self.key(l.scope, what));
-            }
+            keys.push(self.key(l.scope, "b"));
+            keys.push(self.key(l.scope, "conc"));
         }
         let delta = actual.map_or(0, |a| reserved as i64 - a as i64);
         let mut args = vec![
@@ -451,7 +467,12 @@ impl RedisLimits {
         ];
         for l in layers {
             let m = l.limits;
-            for v in [n(m.tpm), n(m.tpm_burst.or(m.tpm)), n(m.tpd)] {
+            for v in [
+                n(m.tpm),
+                n(m.tpm_burst.or(m.tpm)),
+                n(m.tpd),
+                n(m.concurrent),
+            ] {
                 args.push(v.to_string());
             }
         }
