@@ -262,6 +262,14 @@ fn check_limits(l: &LimitSpec) -> Result<(), ApiError> {
             .with_param(format!("limits.{name}")));
         }
     }
+    if let Some(v) = &l.on_failure {
+        if tollgate_config::OnFailure::parse(v).is_none() {
+            return Err(ApiError::invalid_request(format!(
+                "`limits.on_failure` must be `fail_open` or `fail_closed`, not `{v}`"
+            ))
+            .with_param("limits.on_failure"));
+        }
+    }
     if l.rpm_burst.is_some() && l.rpm.is_none() || l.tpm_burst.is_some() && l.tpm.is_none() {
         return Err(ApiError::invalid_request(
             "a burst needs its limit: `rpm_burst` needs `rpm`, `tpm_burst` needs `tpm`",
@@ -447,6 +455,7 @@ fn limit_spec(l: &tollgate_config::Limits) -> LimitSpec {
         concurrent: l.concurrent,
         rpm_burst: l.rpm_burst,
         tpm_burst: l.tpm_burst,
+        on_failure: l.on_failure.map(|p| p.as_str().to_string()),
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use raw::ProviderKind;
 use tollgate_auth::KeyHash;
-pub use tollgate_limits::{Budget, Limits};
+pub use tollgate_limits::{Budget, Limits, OnFailure};
 pub use tollgate_router::{HealthPolicy, Strategy};
 
 /// One problem in a config file, with the path of the offending value.
@@ -451,15 +451,6 @@ pub struct RedisBackend {
     /// Nodes sharing the limits: while Redis is away, each node enforces
     /// limit ÷ this on its own.
     pub expected_nodes: u32,
-}
-
-/// While Redis does not answer…
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnFailure {
-    /// …decide on local buckets sized limit ÷ expected nodes.
-    FailOpen,
-    /// …refuse with 503.
-    FailClosed,
 }
 
 impl Config {

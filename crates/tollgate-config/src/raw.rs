@@ -369,7 +369,7 @@ pub(crate) struct KeySection {
     pub budget: BudgetSection,
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitSpecSection {
     pub rpm: Option<u64>,
@@ -378,6 +378,7 @@ pub(crate) struct LimitSpecSection {
     pub concurrent: Option<u64>,
     pub rpm_burst: Option<u64>,
     pub tpm_burst: Option<u64>,
+    pub on_failure: Option<String>,
 }
 
 #[derive(Deserialize)]

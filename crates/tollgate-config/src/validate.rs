@@ -37,6 +37,16 @@ fn limits(errors: &mut Errors, path: &str, l: raw::LimitSpecSection) -> Limits {
     if l.tpm_burst.is_some() && l.tpm.is_none() {
         errors.push(format!("{path}.limits.tpm_burst"), "needs `tpm`");
     }
+    let on_failure = l.on_failure.as_deref().and_then(|v| {
+        let p = OnFailure::parse(v);
+        if p.is_none() {
+            errors.push(
+                format!("{path}.limits.on_failure"),
+                format!("unknown policy `{v}` (known: fail_open, fail_closed)"),
+            );
+        }
+        p
+    });
     Limits {
         rpm: l.rpm,
         tpm: l.tpm,
@@ -44,6 +54,7 @@ fn limits(errors: &mut Errors, path: &str, l: raw::LimitSpecSection) -> Limits {
         concurrent: l.concurrent,
         rpm_burst: l.rpm_burst,
         tpm_burst: l.tpm_burst,
+        on_failure,
     }
 }
 
@@ -575,10 +586,10 @@ fn limits_backend(errors: &mut Errors, b: raw::LimitsBackendSection) -> Option<R
             return None;
         }
     };
-    let on_failure = match b.on_failure.as_str() {
-        "fail_open" => OnFailure::FailOpen,
-        "fail_closed" => OnFailure::FailClosed,
-        other => {
+    let on_failure = match OnFailure::parse(&b.on_failure) {
+        Some(p) => p,
+        None => {
+            let other = &b.on_failure;
             errors.push(
                 format!("{p}.on_failure"),
                 format!("unknown policy `{other}` (known: fail_open, fail_closed)"),

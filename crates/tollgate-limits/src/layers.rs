@@ -25,6 +25,36 @@ pub struct Limits {
     pub rpm_burst: Option<u64>,
     /// Most tokens at once out of the minute's allowance (default: all of it).
     pub tpm_burst: Option<u64>,
+    /// While the shared backend does not answer (`None`: the backend's default).
+    pub on_failure: Option<OnFailure>,
+}
+
+/// What a request gets while the shared limits backend does not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Decided on this process's share of the limits (limit ÷ expected nodes).
+    FailOpen,
+    /// Refused with 503.
+    FailClosed,
+}
+
+impl OnFailure {
+    /// As written in the config and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::FailOpen => "fail_open",
+            OnFailure::FailClosed => "fail_closed",
+        }
+    }
+
+    /// Parse `fail_open` / `fail_closed`.
+    pub fn parse(s: &str) -> Option<OnFailure> {
+        match s {
+            "fail_open" => Some(OnFailure::FailOpen),
+            "fail_closed" => Some(OnFailure::FailClosed),
+            _ => None,
+        }
+    }
 }
 
 impl Limits {
@@ -160,6 +190,7 @@ impl LimitSet {
             concurrent: part(whole.concurrent),
             rpm_burst: part(whole.rpm_burst),
             tpm_burst: part(whole.tpm_burst),
+            on_failure: whole.on_failure,
         };
         LimitSet {
             scope,
@@ -406,6 +437,24 @@ impl Layers {
                 set.settle(adm.reserved, actual, now);
             }
             set.release();
+        }
+    }
+
+    /// The failure policy of this request: fail closed if any layer says so,
+    /// open if any says open, else `default`.
+    pub fn on_failure(&self, default: OnFailure) -> OnFailure {
+        let mut open = false;
+        for (_, s) in self.iter() {
+            match s.limits.on_failure {
+                Some(OnFailure::FailClosed) => return OnFailure::FailClosed,
+                Some(OnFailure::FailOpen) => open = true,
+                None => {}
+            }
+        }
+        if open {
+            OnFailure::FailOpen
+        } else {
+            default
         }
     }
 

@@ -22,4 +22,6 @@ pub use bucket::{format_reset, Refusal, Status, TokenBucket};
 pub use budget::{
     month_index, period_starts, Budget, BudgetRefusal, BudgetStatus, BudgetTracker, Period,
 };
-pub use layers::{Admission, History, Layer, Layers, LimitKind, LimitSet, Limits, Rejection};
+pub use layers::{
+    Admission, History, Layer, Layers, LimitKind, LimitSet, Limits, OnFailure, Rejection,
+};

@@ -92,7 +92,7 @@ impl Gateway {
                     Decision::Refused(r) => {
                         Err(steps::refused(r, &key, team.as_deref(), &model.name))
                     }
-                    Decision::Unavailable => match shared.on_failure {
+                    Decision::Unavailable => match ctx.layers.on_failure(shared.on_failure) {
                         OnFailure::FailOpen => {
                             self.metrics.limits_fallback(true);
                             steps::admit(
@@ -147,7 +147,7 @@ impl Gateway {
                     };
                     Err((steps::budget_refused(name, r), who))
                 }
-                BudgetDecision::Unavailable => match shared.on_failure {
+                BudgetDecision::Unavailable => match ctx.layers.on_failure(shared.on_failure) {
                     OnFailure::FailOpen => {
                         self.metrics.limits_fallback(true);
                         steps::reserve_budget(

@@ -238,6 +238,10 @@ pub fn limits_of(s: &LimitSpec) -> Limits {
         concurrent: s.concurrent,
         rpm_burst: s.rpm_burst,
         tpm_burst: s.tpm_burst,
+        on_failure: s
+            .on_failure
+            .as_deref()
+            .and_then(tollgate_config::OnFailure::parse),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct LimitSpec {
     /// Burst allowance on top of `tpm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_burst: Option<u64>,
+    /// `fail_open` or `fail_closed` while the shared limits backend is away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
 }
 
 /// Spending limits attached to a team or a key, in US dollars.

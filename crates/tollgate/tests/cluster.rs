@@ -17,6 +17,7 @@ const ADMIN: &str = "tg-cluster-admin-token-01";
 const LIMITED: &str = "tg-cluster-limited-key-01";
 const TOKENS: &str = "tg-cluster-tokens-key-001";
 const SPENDER: &str = "tg-cluster-spender-key-01";
+const STRICT: &str = "tg-cluster-strict-key-001";
 
 /// A redis-server of the test's own, on a free port, keeping nothing on disk.
 struct Redis {
@@ -114,6 +115,7 @@ keys:
   - {{name: limited, key: {LIMITED}, limits: {{rpm: 100}}}}
   - {{name: tokens, key: {TOKENS}, limits: {{tpd: 600}}}}
   - {{name: spender, key: {SPENDER}, budget: {{daily_usd: 0.002}}}}
+  - {{name: strict, key: {STRICT}, limits: {{rpm: 100, on_failure: fail_closed}}}}
 limits:
   backend:
     kind: redis
@@ -367,7 +369,8 @@ async fn three_nodes_enforce_one_limit_and_one_policy() {
 }
 
 /// Redis stops under load: a fail-closed node answers 503 at once (no hang),
-/// a fail-open node keeps serving on its local share; both return to the
+/// a fail-open node keeps serving on its local share — except for a key whose
+/// own limits say `on_failure: fail_closed`; both return to the
 /// shared limits when Redis is back, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_follows_the_failure_policy_and_recovers() {
@@ -438,6 +441,10 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
         }
     }
     assert_eq!(ok, 50, "the local share is limit ÷ expected nodes");
+    // A limit that says fail_closed overrides the node's fail_open.
+    let (status, body) = chat(&open.url("/v1/chat/completions"), STRICT, "hi").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "limits_unavailable");
     let m = scrape(open.admin).await;
     assert_eq!(metric(&m, "tollgate_limits_backend_up"), 0.0);
     assert!(metric(&m, "tollgate_limits_fallback_total{policy=\"fail_open\"}") >= 60.0);

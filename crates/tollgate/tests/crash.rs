@@ -106,6 +106,20 @@ async fn crash_and_recover(store_url: &str, dir: &Path) {
     assert!(must.len() > 100, "too little load to test: {}", must.len());
 
     let store = Store::open(store_url, 2).await.unwrap();
+    // A batch whose INSERT reached PostgreSQL before the kill still commits
+    // (the server finishes a statement it has whole): wait until the ledger
+    // stops changing before taking its measure.
+    let mut last = store.usage_count().await.unwrap();
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stable_since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = store.usage_count().await.unwrap();
+        if n != last {
+            last = n;
+            stable_since = Instant::now();
+        }
+    }
     let mut in_ledger = std::collections::HashSet::new();
     let q = UsageQuery {
         from_ms: 0,
