@@ -182,10 +182,8 @@ impl App {
         if version == current.version {
             return Ok(false);
         }
-        let changed = store.changed_keys(current.version).await?;
-        let teams = store.list_teams().await?;
-        let version = changed.last().map_or(version, |k| k.version.max(version));
-        let next = current.with_changes(&self.config(), &self.registry, &teams, &changed, version);
+        let next =
+            with_store_changes(store, &current, &self.config(), &self.registry, version).await?;
         self.metrics.policy_keys().set(next.keys.len() as i64);
         self.policy.store(Arc::new(next));
         Ok(true)
@@ -243,10 +241,10 @@ impl App {
         if let Some(store) = &self.store {
             let store_err = |e: StoreError| ReloadError::Apply(format!("store: {e}"));
             let version = store.version().await.map_err(store_err)?;
-            let keys = store.changed_keys(0).await.map_err(store_err)?;
-            let teams = store.list_teams().await.map_err(store_err)?;
-            let version = keys.last().map_or(version, |k| k.version.max(version));
-            policy = policy.with_changes(&next, &self.registry, &teams, &keys, version);
+            // A policy from the file has version 0: every store key applies.
+            policy = with_store_changes(store, &policy, &next, &self.registry, version)
+                .await
+                .map_err(store_err)?;
         }
         self.config.store(Arc::new(next));
         self.snapshot.store(Arc::new(snapshot));
@@ -346,6 +344,21 @@ impl App {
             l.shutdown(timeout);
         }
     }
+}
+
+/// `base` with the store's teams and the keys changed since `base.version`
+/// applied, as of the store's change counter `version`.
+async fn with_store_changes(
+    store: &Store,
+    base: &Policy,
+    config: &Config,
+    registry: &Registry,
+    version: i64,
+) -> Result<Policy, StoreError> {
+    let changed = store.changed_keys(base.version).await?;
+    let teams = store.list_teams().await?;
+    let version = changed.last().map_or(version, |k| k.version.max(version));
+    Ok(base.with_changes(config, registry, &teams, &changed, version))
 }
 
 /// Settings read once at process start: listeners, threads, files, store and

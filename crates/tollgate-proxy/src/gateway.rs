@@ -11,17 +11,18 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType as PErr, Result};
 use tollgate_metrics::Metrics;
-use tollgate_schema::{ApiError, ErrorType};
+use tollgate_schema::ApiError;
 use tollgate_store::UsageRecord;
 
 use crate::app::App;
 use crate::ctx::{Operation, RequestCtx};
-use crate::policy::KeyEntry;
+use crate::policy::{KeyEntry, TeamEntry};
 use crate::shared::{BudgetDecision, Decision, HeldBudgets};
 use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 use crate::steps::{self, Parsed, Stop};
 use crate::{exchange, respond};
-use tollgate_config::{HashOn, OnFailure};
+use tollgate_config::HashOn;
+use tollgate_limits::Admission;
 
 /// The gateway's data plane.
 pub struct Gateway {
@@ -71,109 +72,17 @@ impl Gateway {
         ctx.model = Some(model.clone());
         ctx.layers = steps::layers(&key, team.as_deref(), Some(&model), snap);
         let estimate = parsed.estimate_tokens(snap.default_completion_tokens);
-        let admitted = match &self.app.shared {
-            None => steps::admit(
-                &ctx.layers,
-                &key,
-                team.as_deref(),
-                &model.name,
-                estimate,
-                Instant::now(),
-            ),
-            Some(shared) => {
-                match shared
-                    .admit(&ctx.layers, estimate, &ctx.request_id, &self.metrics)
-                    .await
-                {
-                    Decision::Admitted(a, held) => {
-                        ctx.shared_layers = Some(held);
-                        Ok(a)
-                    }
-                    Decision::Refused(r) => {
-                        Err(steps::refused(r, &key, team.as_deref(), &model.name))
-                    }
-                    Decision::Unavailable => match ctx.layers.on_failure(shared.on_failure) {
-                        OnFailure::FailOpen => {
-                            self.metrics.limits_fallback(true);
-                            steps::admit(
-                                &ctx.layers,
-                                &key,
-                                team.as_deref(),
-                                &model.name,
-                                estimate,
-                                Instant::now(),
-                            )
-                        }
-                        OnFailure::FailClosed => {
-                            self.metrics.limits_fallback(false);
-                            return Err(limits_unavailable());
-                        }
-                    },
-                }
-            }
-        };
-        match admitted {
-            Ok(a) => ctx.admission = Some(a),
-            Err(refused) => {
-                let (stop, r) = *refused;
-                self.metrics.rate_limited(r.layer.as_str(), r.kind.as_str());
-                return Err(stop);
-            }
-        }
+        let admission = self
+            .admit(ctx, &key, team.as_deref(), &model.name, estimate)
+            .await?;
+        ctx.admission = Some(admission);
         let cost_estimate = model.pricing.map_or(0.0, |p| {
             let prompt = parsed.estimate_prompt_tokens();
             p.cost(prompt, 0, estimate.saturating_sub(prompt))
         });
-        let held = self
-            .app
-            .shared
-            .as_ref()
-            .map(|_| HeldBudgets::of(&key, team.as_deref()))
-            .filter(|h| !h.is_empty());
-        let reserved = match (&self.app.shared, held) {
-            (Some(shared), Some(held)) => match shared
-                .reserve_budget(&held, cost_estimate, &ctx.request_id, &self.metrics)
-                .await
-            {
-                BudgetDecision::Reserved => {
-                    ctx.shared_budgets = Some(held);
-                    Ok(())
-                }
-                BudgetDecision::Refused(who, r) => {
-                    let name = if who == "team" {
-                        format!("team `{}`", team.as_ref().map_or("", |t| t.id.as_str()))
-                    } else {
-                        format!("key `{}`", key.name)
-                    };
-                    Err((steps::budget_refused(name, r), who))
-                }
-                BudgetDecision::Unavailable => match ctx.layers.on_failure(shared.on_failure) {
-                    OnFailure::FailOpen => {
-                        self.metrics.limits_fallback(true);
-                        steps::reserve_budget(
-                            &key,
-                            team.as_deref(),
-                            cost_estimate,
-                            steps::unix_now(),
-                        )
-                    }
-                    OnFailure::FailClosed => {
-                        self.metrics.limits_fallback(false);
-                        Err((limits_unavailable(), "backend"))
-                    }
-                },
-            },
-            _ => steps::reserve_budget(&key, team.as_deref(), cost_estimate, steps::unix_now()),
-        };
-        match reserved {
-            Ok(()) => ctx.budget_reserved = Some(cost_estimate),
-            Err((stop, scope)) => {
-                if scope != "backend" {
-                    self.metrics.rate_limited(scope, "budget");
-                }
-                return Err(stop);
-            }
-        }
+        self.reserve_budget(ctx, &key, team.as_deref(), cost_estimate)
+            .await?;
+        ctx.budget_reserved = Some(cost_estimate);
         let hash_key: Option<Vec<u8>> = match &model.hash_on {
             None => None,
             Some(HashOn::Key) => Some(key.id.as_bytes().to_vec()),
@@ -594,6 +503,85 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// The limits step: in the shared backend if there is one (falling back
+    /// under the request's failure policy), else in this process.
+    async fn admit(
+        &self,
+        ctx: &mut RequestCtx,
+        key: &KeyEntry,
+        team: Option<&TeamEntry>,
+        model: &str,
+        estimate: u64,
+    ) -> Result<Admission, Stop> {
+        let decision = match &self.app.shared {
+            Some(shared) => match shared
+                .admit(&ctx.layers, estimate, &ctx.request_id, &self.metrics)
+                .await
+            {
+                Decision::Admitted(a, held) => {
+                    ctx.shared_layers = Some(held);
+                    Ok(a)
+                }
+                Decision::Refused(r) => Err(steps::refused(r, key, team, model)),
+                Decision::Unavailable => {
+                    shared.fallback(&ctx.layers, &self.metrics)?;
+                    steps::admit(&ctx.layers, key, team, model, estimate, Instant::now())
+                }
+            },
+            None => steps::admit(&ctx.layers, key, team, model, estimate, Instant::now()),
+        };
+        decision.map_err(|refused| {
+            let (stop, r) = *refused;
+            self.metrics.rate_limited(r.layer.as_str(), r.kind.as_str());
+            stop
+        })
+    }
+
+    /// The budget step: the key's and team's budgets reserve `estimate`, in
+    /// the shared backend if there is one and either has a budget.
+    async fn reserve_budget(
+        &self,
+        ctx: &mut RequestCtx,
+        key: &KeyEntry,
+        team: Option<&TeamEntry>,
+        estimate: f64,
+    ) -> Result<(), Stop> {
+        let local = || steps::reserve_budget(key, team, estimate, steps::unix_now());
+        let shared = self
+            .app
+            .shared
+            .as_ref()
+            .map(|s| (s, HeldBudgets::of(key, team)))
+            .filter(|(_, held)| !held.is_empty());
+        let reserved = match shared {
+            Some((shared, held)) => match shared
+                .reserve_budget(&held, estimate, &ctx.request_id, &self.metrics)
+                .await
+            {
+                BudgetDecision::Reserved => {
+                    ctx.shared_budgets = Some(held);
+                    Ok(())
+                }
+                BudgetDecision::Refused(who, r) => {
+                    let name = match team {
+                        Some(t) if who == "team" => format!("team `{}`", t.id),
+                        _ => format!("key `{}`", key.name),
+                    };
+                    Err((steps::budget_refused(name, r), who))
+                }
+                BudgetDecision::Unavailable => {
+                    shared.fallback(&ctx.layers, &self.metrics)?;
+                    local()
+                }
+            },
+            None => local(),
+        };
+        reserved.map_err(|(stop, scope)| {
+            self.metrics.rate_limited(scope, "budget");
+            stop
+        })
+    }
+
     /// Budgets and the usage ledger: every request that reached the model step
     /// leaves one record, whatever its outcome.
     fn account(
@@ -646,19 +634,6 @@ impl Gateway {
             });
         }
     }
-}
-
-/// 503 while the shared limits backend is away and the policy is to fail closed.
-fn limits_unavailable() -> Stop {
-    Stop::Api(
-        ApiError::new(
-            503,
-            ErrorType::Api,
-            "The shared rate limiter is unavailable and this gateway is configured to fail closed; please try again shortly.",
-        )
-        .with_code("limits_unavailable"),
-        Some(1),
-    )
 }
 
 /// What a request is charged: its cost, or, for a stream cut before its usage

@@ -11,7 +11,10 @@ use tollgate_limits::{
 use tollgate_metrics::Metrics;
 use tollgate_redis::{BackendError, BudgetRef, LayerRef, RedisLimits, RedisSettings};
 
+use tollgate_schema::{ApiError, ErrorType};
+
 use crate::policy::{KeyEntry, TeamEntry};
+use crate::steps::Stop;
 
 /// After a failure, decisions skip Redis for this long before trying again,
 /// so an outage costs each request nothing rather than a timeout.
@@ -137,10 +140,6 @@ fn periods(now_unix: i64) -> (i64, i64) {
     (now_unix.div_euclid(86_400), month_index(now_unix))
 }
 
-fn unix_ms() -> i64 {
-    crate::steps::unix_ms()
-}
-
 impl SharedLimits {
     /// Connect. After that, a Redis that goes away costs no restart: the
     /// connections come back by themselves when it does.
@@ -166,10 +165,39 @@ impl SharedLimits {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Redis failed less than [`RETRY_AFTER`] ago: do not try it yet.
+    fn resting(&self) -> bool {
+        !self.is_up() && crate::steps::unix_ms() < self.retry_at.load(Ordering::Relaxed)
+    }
+
+    /// Redis did not answer: under this request's failure policy (its
+    /// layers', else the backend's), go on with local state (`Ok`), counted,
+    /// or refuse with 503 `limits_unavailable`.
+    pub fn fallback(&self, layers: &Layers, metrics: &Metrics) -> Result<(), Stop> {
+        match layers.on_failure(self.on_failure) {
+            OnFailure::FailOpen => {
+                metrics.limits_fallback(true);
+                Ok(())
+            }
+            OnFailure::FailClosed => {
+                metrics.limits_fallback(false);
+                Err(Stop::Api(
+                    ApiError::new(
+                        503,
+                        ErrorType::Api,
+                        "The shared rate limiter is unavailable and this gateway is configured to fail closed; please try again shortly.",
+                    )
+                    .with_code("limits_unavailable"),
+                    Some(1),
+                ))
+            }
+        }
+    }
+
     fn failed(&self, e: &BackendError, metrics: &Metrics) {
         metrics.limits_backend_error();
         self.retry_at.store(
-            unix_ms() + RETRY_AFTER.as_millis() as i64,
+            crate::steps::unix_ms() + RETRY_AFTER.as_millis() as i64,
             Ordering::Relaxed,
         );
         if self.up.swap(false, Ordering::Relaxed) {
@@ -197,7 +225,7 @@ impl SharedLimits {
         request_id: &str,
         metrics: &Metrics,
     ) -> Decision {
-        if !self.is_up() && unix_ms() < self.retry_at.load(Ordering::Relaxed) {
+        if self.resting() {
             return Decision::Unavailable;
         }
         let held = HeldLayers::of(layers);
@@ -224,7 +252,7 @@ impl SharedLimits {
         request_id: &str,
         metrics: &Metrics,
     ) -> BudgetDecision {
-        if !self.is_up() && unix_ms() < self.retry_at.load(Ordering::Relaxed) {
+        if self.resting() {
             return BudgetDecision::Unavailable;
         }
         let now = crate::steps::unix_now();
