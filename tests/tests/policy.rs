@@ -682,6 +682,10 @@ async fn admin_api_validates_and_protects(url: &str) {
     for (body, param) in [
         (json!({"name": "x", "limits": {"rpm": 0}}), "limits.rpm"),
         (
+            json!({"name": "x", "limits": {"rpm": 5, "on_failure": "sometimes"}}),
+            "limits.on_failure",
+        ),
+        (
             json!({"name": "x", "budget": {"daily_usd": -1}}),
             "budget.daily_usd",
         ),
@@ -708,6 +712,16 @@ async fn admin_api_validates_and_protects(url: &str) {
         )
         .await;
     assert_eq!(s, 404, "{v}");
+    // A per-limit failure policy is stored and shown.
+    let (s, v) = h
+        .admin(
+            "POST",
+            "/admin/v1/keys",
+            Some(json!({"name": "strict", "limits": {"rpm": 5, "on_failure": "fail_closed"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["limits"]["on_failure"], "fail_closed", "{v}");
     let (s, _) = h
         .admin("POST", "/admin/v1/teams", Some(json!({"id": "bad id!"})))
         .await;

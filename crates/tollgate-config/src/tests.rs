@@ -333,3 +333,75 @@ routing: {eject_after: 5, cooldown_ms: 2000}
     let errs = load(&yaml.replace("k1, \"${UNSET_KEY:-}\", k3", "\"\"")).unwrap_err();
     assert_eq!(errs.0[0].path, "providers.a.api_key");
 }
+
+#[test]
+fn tls_and_listener_errors_have_paths() {
+    let yaml = GOOD.replace(
+        "  admin_listen: \"127.0.0.1:9090\"",
+        "  admin_listen: \"127.0.0.1:8080\"\n  tls: {listen: [], cert_file: /nonexistent/cert.pem, key_file: /nonexistent/key.pem}",
+    );
+    let p = paths(&yaml);
+    for want in [
+        "server",
+        "server.tls.listen",
+        "server.tls.cert_file",
+        "server.tls.key_file",
+    ] {
+        assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}");
+    }
+}
+
+#[test]
+fn redis_backend_and_failure_policy() {
+    let with = |backend: &str| {
+        GOOD.replace(
+            "keys:\n",
+            &format!("limits:\n  backend: {backend}\nkeys:\n"),
+        )
+    };
+    let c = load(&with(
+        "{kind: redis, url: \"redis://127.0.0.1:6379\", on_failure: fail_closed, expected_nodes: 3}",
+    ))
+    .unwrap();
+    let b = c.limits.backend.unwrap();
+    assert_eq!(b.on_failure, OnFailure::FailClosed);
+    assert_eq!(
+        (b.expected_nodes, b.pool_size, b.key_prefix.as_str()),
+        (3, 4, "tollgate")
+    );
+    assert_eq!(b.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(
+        paths(&with("{kind: memcached, url: \"redis://x\"}")),
+        vec!["limits.backend.kind"]
+    );
+    assert_eq!(paths(&with("{kind: redis}")), vec!["limits.backend.url"]);
+    assert_eq!(
+        paths(&with("{kind: redis, url: \"http://x\"}")),
+        vec!["limits.backend.url"]
+    );
+    assert_eq!(
+        paths(&with(
+            "{kind: redis, url: \"redis://x\", on_failure: maybe}"
+        )),
+        vec!["limits.backend.on_failure"]
+    );
+    assert_eq!(
+        paths(&with(
+            "{kind: redis, url: \"redis://x\", expected_nodes: 0}"
+        )),
+        vec!["limits.backend.expected_nodes"]
+    );
+    let yaml = GOOD.replace(
+        "limits: {rpm: 60, tpm: 1000}",
+        "limits: {rpm: 60, on_failure: fail_closed}",
+    );
+    assert_eq!(
+        load(&yaml).unwrap().keys[0].limits.on_failure,
+        Some(OnFailure::FailClosed)
+    );
+    let yaml = GOOD.replace(
+        "limits: {rpm: 60, tpm: 1000}",
+        "limits: {rpm: 60, on_failure: sometimes}",
+    );
+    assert_eq!(paths(&yaml), vec!["keys[0].limits.on_failure"]);
+}
