@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= conf/tollgate.yaml
 
-.PHONY: run build test deps sys-deps py-deps services fmt-check clippy unit sdk check-configs bench fuzz-smoke clean
+.PHONY: run build test deps sys-deps py-deps services fmt-check clippy unit sdk check-configs bench bench-deps bench-micro fuzz-smoke clean
 
 ## Build (release) and start the gateway on the default config: works offline.
 run: sys-deps
@@ -69,7 +69,32 @@ sdk: py-deps
 	$(CARGO) build -p tollgate
 	cd tests/python && TOLLGATE_BIN=$(CURDIR)/target/debug/tollgate ../../$(PY) -m pytest -q
 
-bench:
+## The side-by-side load harness: mock upstream, bare Pingora, nginx, Tollgate under wrk; one
+## Markdown table per scenario (docs/benchmarks.md, "Load harness"). Knobs: BENCH_SECONDS,
+## CONNECTIONS, SCENARIOS, PROXIES, SOAK_SECONDS, SLOW_STREAMS, PIN (see benches/load/run.py).
+## Not part of `make test`.
+bench: bench-deps
+	$(CARGO) build --release -p tollgate -p tollgate-load
+	python3 benches/load/run.py
+
+# wrk drives the load; nginx is one of the proxies compared (Debian packages); the
+# release build needs cmake and a C compiler, as in sys-deps.
+bench-deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v cc >/dev/null || missing="$$missing build-essential"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v taskset >/dev/null || missing="$$missing util-linux"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  case "$$missing" in *nginx*) $$SUDO systemctl disable --now nginx >/dev/null 2>&1 || true;; esac; \
+	fi
+
+## Criterion micro-benchmarks of the hot path (docs/benchmarks.md).
+bench-micro:
 	$(CARGO) bench -p tollgate-benches
 
 # Bounded: every fuzz target for FUZZ_SECONDS (10 s in `make test`).
