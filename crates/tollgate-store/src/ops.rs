@@ -1,13 +1,14 @@
 //! The store's queries, written once and compiled once per backend: this file is
 //! the `ops` module of both `sqlite.rs` and `postgres.rs`, where `super::Db` is the
-//! concrete sqlx database. Placeholders are `$N`, which SQLite accepts too; text
+//! concrete sqlx database. Placeholders are `$N`, which SQLite accepts too (except
+//! in the ledger's multi-row INSERT: see `sqlite::ANONYMOUS_PLACEHOLDERS`); text
 //! columns compare bytewise on both (PostgreSQL columns use the "C" collation).
 
 use std::collections::HashMap;
 
 use sqlx::{Pool, Row, Transaction};
 
-use super::{begin_write, Db};
+use super::{begin_write, Db, ANONYMOUS_PLACEHOLDERS};
 use crate::validate::{from_json, to_json};
 use crate::{
     now_ms, KeyPatch, KeyRecord, LimitUsage, NewKey, NewTeam, Spend, StoreError, Team, TeamPatch,
@@ -544,8 +545,13 @@ fn insert_usage_sql(rows: usize) -> String {
                 sql.push_str(", ");
             }
             n += 1;
-            sql.push('$');
-            sql.push_str(&n.to_string());
+            if ANONYMOUS_PLACEHOLDERS {
+                // Bound in order, like `$n`; see `sqlite::ANONYMOUS_PLACEHOLDERS`.
+                sql.push('?');
+            } else {
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            }
         }
         sql.push(')');
     }

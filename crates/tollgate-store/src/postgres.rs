@@ -10,6 +10,9 @@ use crate::{migrations, redact_url, StoreError};
 /// The database `ops.rs` is compiled for in this module.
 pub(crate) type Db = sqlx::Postgres;
 
+/// PostgreSQL takes only `$N` placeholders.
+pub(crate) const ANONYMOUS_PLACEHOLDERS: bool = false;
+
 // `ops.rs` is compiled once per backend on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "ops.rs"]

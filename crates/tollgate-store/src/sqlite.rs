@@ -11,6 +11,12 @@ use crate::{migrations, redact_url, StoreError};
 /// The database `ops.rs` is compiled for in this module.
 pub(crate) type Db = sqlx::Sqlite;
 
+/// The ledger's multi-row INSERT uses anonymous `?` placeholders here: sqlx
+/// looks up every parameter's name when it binds (`sqlite3_bind_parameter_name`,
+/// a linear scan over the statement's named parameters), so 17,000 `$N`
+/// placeholders cost O(n²) per batch; anonymous ones have no name to scan for.
+pub(crate) const ANONYMOUS_PLACEHOLDERS: bool = true;
+
 // `ops.rs` is compiled once per backend on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "ops.rs"]
