@@ -29,6 +29,10 @@ Knobs (environment):
   BASE_PORT       mock on BASE_PORT, bare +1, nginx +2, Tollgate +3, its admin +4 (18000)
   PERF_RECORD     name of a proxy: run `perf record -g -e cpu-clock` on it during each
                   load window (perf.data per scenario in the run directory)
+  ATTACH, ATTACH_CMD  run `bash -c ATTACH_CMD` ({pid}, {out} substituted) beside the load
+                  window of proxy ATTACH, stopped with SIGINT at its end (e.g. `perf stat`)
+  LEDGER_BATCH_SIZE  Tollgate's ledger.batch_size (default: the product's, 512)
+  ACCESS_LOG      0: Tollgate's access log off (default on, as in production; to /dev/null-like file)
   KEEP_RUN_DIR    1: keep the run directory (configs, logs) and print its path
 
 Only the Python 3.11 standard library; wrk and nginx from Debian.
@@ -67,7 +71,12 @@ STREAM_WRITES = os.environ.get("STREAM_WRITES", "event")
 BIN_DIR = Path(os.environ.get("BIN_DIR", ROOT / "target" / "release"))
 BASE_PORT = int(os.environ.get("BASE_PORT", "18000"))
 PERF_RECORD = os.environ.get("PERF_RECORD", "")
+ATTACH = os.environ.get("ATTACH", "")
+ATTACH_CMD = os.environ.get("ATTACH_CMD", "")
 KEEP_RUN_DIR = os.environ.get("KEEP_RUN_DIR", "0") == "1"
+LEDGER = (f"ledger: {{batch_size: {os.environ['LEDGER_BATCH_SIZE']}}}\n"
+          if os.environ.get("LEDGER_BATCH_SIZE") else "")
+ACCESS_LOG = "false" if os.environ.get("ACCESS_LOG", "1") == "0" else "true"
 
 PORTS = {
     "mock": BASE_PORT,
@@ -248,7 +257,7 @@ server:
   graceful_shutdown_timeout_secs: 10
   upgrade_sock: {self.dir}/tollgate-upgrade.sock
   pid_file: {self.dir}/tollgate.pid
-  access_log: true
+  access_log: {ACCESS_LOG}
 providers:
   mock-openai:
     kind: openai
@@ -279,7 +288,7 @@ models:
     pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.6}}
 store:
   url: "sqlite://{data}/tollgate.db"
-teams:
+{LEDGER}teams:
   bench:
     limits: {{rpm: 1000000000, tpm: 1000000000000, concurrent: 100000}}
     budget: {{daily_usd: 1000000000, monthly_usd: 10000000000}}
@@ -436,12 +445,21 @@ def load_row(h: Harness, scenario: str, proxy: str) -> Row:
                                      "-p", str(server.pid), "-o", str(h.dir / f"perf-{scenario}-{proxy}.data")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
+        attach = None
+        if ATTACH == proxy:
+            cmd = ATTACH_CMD.replace("{pid}", str(server.pid)).replace(
+                "{out}", str(h.dir / f"attach-{scenario}-{proxy}.txt"))
+            attach = subprocess.Popen(["bash", "-c", cmd], start_new_session=False)
+            time.sleep(0.5)
         cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
         res = wrk(server.port, req, script, BENCH_SECONDS, CONNECTIONS)
         cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
         if perf is not None:
             perf.send_signal(signal.SIGINT)
             perf.wait()
+        if attach is not None:
+            attach.send_signal(signal.SIGINT)
+            attach.wait()
         n = max(res["requests"], 1)
         row = Row(
             proxy=proxy,
