@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use tollgate_config::Config;
 use tollgate_metrics::Metrics;
 use tollgate_mock::{MockConfig, MockServer};
+// For `on_both_stores!`, which runs in the test crates.
 use tollgate_proxy::{App, Gateway, SharedSnapshot};
+pub use tollgate_store;
 
 /// The provider key the mock demands; tests check it reaches the provider and nothing else does.
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret";
@@ -295,4 +297,25 @@ pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Run `body(store_url)` once on a fresh SQLite file and once on a fresh PostgreSQL database.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (store, guard) = $crate::tollgate_store::testing::fresh_sqlite().await;
+                drop(store);
+                super::$name(guard.url()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let (store, guard) = $crate::tollgate_store::testing::fresh_postgres().await;
+                drop(store);
+                super::$name(guard.url()).await;
+            }
+        }
+    )*};
 }

@@ -39,26 +39,6 @@ keys:
     team: ops
 "#;
 
-/// Run `body(store_url)` once on a fresh SQLite file and once on a fresh PostgreSQL database.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (store, guard) = tollgate_store::testing::fresh_sqlite().await;
-                drop(store);
-                super::$name(guard.url()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let (store, guard) = tollgate_store::testing::fresh_postgres().await;
-                drop(store);
-                super::$name(guard.url()).await;
-            }
-        }
-    )*};
-}
-
 on_both_stores!(
     usage_and_cost_are_exact,
     layered_limits_refuse_with_the_right_layer,

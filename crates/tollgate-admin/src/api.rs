@@ -22,9 +22,9 @@ use crate::{error, reply};
 /// The OpenAPI 3.1 description of the admin API.
 pub const OPENAPI: &str = include_str!("../../../docs/admin-api.openapi.json");
 
-type Reply = Result<Response<Vec<u8>>, ApiError>;
+pub(crate) type Reply = Result<Response<Vec<u8>>, ApiError>;
 
-fn ok(status: u16, v: &Value) -> Reply {
+pub(crate) fn ok(status: u16, v: &Value) -> Reply {
     Ok(reply(
         status,
         "application/json",
@@ -68,12 +68,12 @@ async fn reload(app: &App) -> Reply {
     }
 }
 
-fn not_found(what: &str, id: &str) -> ApiError {
+pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::new(404, ErrorType::InvalidRequest, format!("No {what} `{id}`."))
         .with_code("not_found")
 }
 
-fn read_only(what: &str, id: &str) -> ApiError {
+pub(crate) fn read_only(what: &str, id: &str) -> ApiError {
     ApiError::new(
         409,
         ErrorType::InvalidRequest,
@@ -82,7 +82,7 @@ fn read_only(what: &str, id: &str) -> ApiError {
     .with_code("read_only")
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(m) => {
             ApiError::new(404, ErrorType::InvalidRequest, m).with_code("not_found")
@@ -102,7 +102,7 @@ fn store_error(e: StoreError) -> ApiError {
 /// Apply a committed write to this node's policy now. The write is stored
 /// whatever happens here, so a failed sync is not the client's error: the
 /// background sync retries within a poll interval.
-async fn sync_after_write(app: &App) {
+pub(crate) async fn sync_after_write(app: &App) {
     if let Err(e) = app.sync_policy().await {
         log::warn!(
             "admin API: change stored, but applying it now failed ({e}); the next poll will"
@@ -240,6 +240,9 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
         ["usage", "series"] if m == "GET" => usage(store()?, &query, true).await,
         ["usage", "export.csv"] if m == "GET" => export_csv(store()?, &query).await,
         ["usage"] | ["usage", "series" | "export.csv"] => Err(allowed("GET")),
+        ["apis", ..] | ["subscriptions", ..] | ["audit"] | ["catalog"] => {
+            crate::apis::route(app, session, &parts, &query).await
+        }
         _ => Err(ApiError::unknown_path(m, &path)),
     }
 }
@@ -841,10 +844,11 @@ fn usage_params(query: &[(String, String)], series: bool) -> Result<UsageParams,
             "team_id" => q.team_id = Some(v.clone()),
             "model" => q.model = Some(v.clone()),
             "provider" => q.provider = Some(v.clone()),
+            "api" => q.api = Some(v.clone()),
             "group_by" => {
                 q.group_by = Some(v.parse::<GroupBy>().map_err(|_| {
                     ApiError::invalid_request(format!(
-                        "`group_by` is one of key, team, model, provider; not `{v}`"
+                        "`group_by` is one of key, team, model, provider, api; not `{v}`"
                     ))
                     .with_param("group_by")
                 })?)
@@ -929,7 +933,7 @@ async fn usage(store: &tollgate_store::Store, query: &[(String, String)], series
     )
 }
 
-const CSV_HEADER: &str = "ts,request_id,key_id,key_name,team_id,model,provider,operation,status,stream,input_tokens,output_tokens,cached_tokens,cost_usd,latency_ms,ttft_ms,error\n";
+const CSV_HEADER: &str = "ts,request_id,key_id,key_name,team_id,model,provider,operation,status,stream,input_tokens,output_tokens,cached_tokens,cost_usd,latency_ms,ttft_ms,error,api\n";
 
 fn csv_field(out: &mut String, s: &str) {
     if s.contains([',', '"', '\n', '\r']) {
@@ -976,6 +980,8 @@ fn csv_row(out: &mut String, r: &UsageRecord) {
     }
     out.push(',');
     csv_field(out, r.error.as_deref().unwrap_or(""));
+    out.push(',');
+    csv_field(out, r.api.as_deref().unwrap_or(""));
     out.push('\n');
 }
 

@@ -11,6 +11,7 @@
 //! node within a poll interval.
 
 mod api;
+mod apis;
 mod body;
 
 use std::sync::Arc;

@@ -100,6 +100,8 @@ pub struct Config {
     pub prices: BTreeMap<String, Pricing>,
     /// Passive health of targets.
     pub health: HealthPolicy,
+    /// Prompt APIs defined in the file (checked; compiled again by the data plane).
+    pub apis: Vec<tollgate_apis::ApiSpec>,
 }
 
 /// A team: shared model access, limits and budget for its keys.

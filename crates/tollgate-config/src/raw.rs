@@ -34,6 +34,8 @@ pub(crate) struct ConfigFile {
     pub prices: BTreeMap<String, PricingSection>,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub apis: Vec<tollgate_apis::ApiSpec>,
 }
 
 #[derive(Deserialize)]

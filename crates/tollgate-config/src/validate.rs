@@ -537,6 +537,28 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
         errors.push("limits.default_completion_tokens", "must be at least 1");
     }
 
+    let mut seen_apis = HashSet::new();
+    for (i, a) in file.apis.iter().enumerate() {
+        let path = format!("apis[{i}]");
+        if let Err(e) = a.compile() {
+            for e in e.0 {
+                errors.push(format!("{path}.{}", e.path), e.message);
+            }
+        }
+        if !models.contains_key(&a.model) && !dropped_models.contains(&a.model) {
+            errors.push(
+                format!("{path}.model"),
+                format!("unknown model `{}`", a.model),
+            );
+        }
+        if !seen_apis.insert((a.name.clone(), a.version.clone())) {
+            errors.push(
+                format!("{path}.version"),
+                format!("API `{}/{}` is defined twice", a.name, a.version),
+            );
+        }
+    }
+
     if !errors.0.is_empty() {
         return Err(ConfigErrors(errors.0));
     }
@@ -563,6 +585,7 @@ pub(crate) fn validate(file: ConfigFile, base_dir: Option<&Path>) -> Result<Conf
             eject_after: file.routing.eject_after.max(1),
             cooldown: Duration::from_millis(file.routing.cooldown_ms),
         },
+        apis: file.apis,
     })
 }
 

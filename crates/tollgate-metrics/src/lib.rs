@@ -23,6 +23,9 @@ const OPERATION: &str = "gen_ai_operation_name";
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    api_requests: IntCounterVec,
+    api_deprecated: IntCounterVec,
+    api_cost: prometheus::CounterVec,
     requests: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
@@ -366,6 +369,39 @@ impl Metrics {
             )
             .expect("metric"),
         );
+        let api_requests = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_api_requests_total",
+                    "Prompt API calls, by API version (`name/version`) and HTTP status.",
+                ),
+                &["api", "status"],
+            )
+            .expect("metric"),
+        );
+        let api_deprecated = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tollgate_api_deprecated_requests_total",
+                    "Calls of deprecated prompt API versions (answered with Deprecation and Sunset headers).",
+                ),
+                &["api"],
+            )
+            .expect("metric"),
+        );
+        let api_cost = reg(
+            &r,
+            prometheus::CounterVec::new(
+                Opts::new(
+                    "tollgate_api_cost_usd_total",
+                    "Dollars spent through each prompt API version.",
+                ),
+                &["api"],
+            )
+            .expect("metric"),
+        );
         let reloads = reg(
             &r,
             IntCounterVec::new(
@@ -425,6 +461,9 @@ impl Metrics {
         let build = reg(&r, IntGaugeVecHelper::build_info());
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
+            api_requests,
+            api_deprecated,
+            api_cost,
             registry: r,
             requests,
             duration,
@@ -480,6 +519,20 @@ impl Metrics {
                 "fail_closed"
             }])
             .inc();
+    }
+
+    /// Count a prompt API call (once per request, in the accounting step).
+    pub fn api_call(&self, api: &str, status: u16, deprecated: bool, cost: f64) {
+        let status = status.to_string();
+        self.api_requests
+            .with_label_values(&[api, status.as_str()])
+            .inc();
+        if deprecated {
+            self.api_deprecated.with_label_values(&[api]).inc();
+        }
+        if cost > 0.0 {
+            self.api_cost.with_label_values(&[api]).inc_by(cost);
+        }
     }
 
     /// Count a config reload.

@@ -63,6 +63,8 @@ pub struct App {
     pub ledger: Option<Ledger>,
     /// Limits shared with other nodes through Redis, if configured.
     pub shared: Option<crate::shared::SharedLimits>,
+    /// Prompt APIs and subscriptions, from the file and the store.
+    pub catalog: crate::apis::SharedCatalog,
     sync_now: Notify,
     sync_lock: tokio::sync::Mutex<()>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -143,6 +145,7 @@ impl App {
         }
         let snapshot = Snapshot::build(&config, &registry, &metrics, None)?;
         let policy = Policy::from_config(&config, &registry);
+        let catalog = crate::apis::build_catalog(&config, store.as_ref()).await?;
         let ledger = match &store {
             Some(s) => Some(Ledger::start(s.clone(), config.ledger, &metrics)?),
             None => None,
@@ -154,6 +157,7 @@ impl App {
             store,
             ledger,
             shared,
+            catalog: Arc::new(ArcSwap::from_pointee(catalog)),
             metrics,
             started_with: Arc::new(config.clone()),
             config: ArcSwap::from_pointee(config),
@@ -182,10 +186,14 @@ impl App {
         if version == current.version {
             return Ok(false);
         }
-        let next =
-            with_store_changes(store, &current, &self.config(), &self.registry, version).await?;
+        let config = self.config();
+        let next = with_store_changes(store, &current, &config, &self.registry, version).await?;
+        // API and subscription writes bump the same counter; the catalog is
+        // small, so it is rebuilt whole rather than patched.
+        let catalog = crate::apis::build_catalog(&config, Some(store)).await?;
         self.metrics.policy_keys().set(next.keys.len() as i64);
         self.policy.store(Arc::new(next));
+        self.catalog.store(Arc::new(catalog));
         Ok(true)
     }
 
@@ -246,6 +254,10 @@ impl App {
                 .await
                 .map_err(store_err)?;
         }
+        let catalog = crate::apis::build_catalog(&next, self.store.as_ref())
+            .await
+            .map_err(|e| ReloadError::Apply(format!("store: {e}")))?;
+        self.catalog.store(Arc::new(catalog));
         self.config.store(Arc::new(next));
         self.snapshot.store(Arc::new(snapshot));
         self.metrics.policy_keys().set(policy.keys.len() as i64);

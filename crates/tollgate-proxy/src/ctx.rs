@@ -21,6 +21,14 @@ pub enum Operation {
     Embeddings,
     /// `GET /v1/models`, `GET /v1/models/{id}`.
     Models,
+    /// `POST /apis/{name}[/{version}]`: a prompt API call.
+    Api,
+    /// `GET /catalog`.
+    Catalog,
+    /// `GET|POST /catalog/{name}/subscription`.
+    Subscription,
+    /// `GET /openapi.json`, `GET /apis/{name}/{version}/openapi.json`.
+    OpenApi,
 }
 
 impl Operation {
@@ -31,6 +39,10 @@ impl Operation {
             Operation::Chat => "chat",
             Operation::Embeddings => "embeddings",
             Operation::Models => "models",
+            Operation::Api => "api",
+            Operation::Catalog => "catalog",
+            Operation::Subscription => "subscription",
+            Operation::OpenApi => "openapi",
         }
     }
 }
@@ -57,6 +69,8 @@ pub struct RequestCtx {
     pub budget_reserved: Option<f64>,
     /// Set when the budgets were reserved in the shared backend: settle there.
     pub shared_budgets: Option<crate::shared::HeldBudgets>,
+    /// The prompt API called, if any.
+    pub api: Option<Arc<tollgate_apis::Api>>,
     /// The public model.
     pub model: Option<Arc<ModelEntry>>,
     /// The chosen target.
@@ -90,6 +104,7 @@ impl Default for RequestCtx {
             shared_layers: None,
             budget_reserved: None,
             shared_budgets: None,
+            api: None,
             model: None,
             target: None,
             stream: false,

@@ -16,6 +16,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType as PErr};
+use tollgate_apis::ApiStream;
 use tollgate_providers::{ResponseCtx, StreamTranslator, UpstreamRequest};
 use tollgate_schema::ApiError;
 
@@ -325,7 +326,15 @@ pub async fn attempt(
             Err(e) => return Ok(Attempted::Failed(Failure::api("bad_response", e))),
         };
         ctx.usage = translated.usage;
-        respond::json(session, ctx, 200, translated.body).await?;
+        if let Some(api) = ctx.api.clone() {
+            let (status, body) = api.respond(&translated.body, &ctx.request_id);
+            if status != 200 {
+                ctx.error_kind = Some("invalid_model_output");
+            }
+            respond::json(session, ctx, status, Bytes::from(body)).await?;
+        } else {
+            respond::json(session, ctx, 200, translated.body).await?;
+        }
         return Ok(Attempted::Answered {
             ttft: Some(ttfb),
             clean: true,
@@ -371,6 +380,8 @@ pub async fn attempt(
     ctx.stream = true;
     session.write_response_header(Box::new(h), false).await?;
     let mut out = Vec::with_capacity(4096);
+    // A prompt API turns the unified chunks into its own events.
+    let mut api_stream = ctx.api.clone().map(ApiStream::new);
     let mut clean = false;
     let mut chunk = Some(first);
     loop {
@@ -380,6 +391,7 @@ pub async fn attempt(
             if !before && translator.first_token_seen() {
                 ctx.ttft = Some(ctx.start.elapsed());
             }
+            reshape(&mut api_stream, &mut out);
             if !out.is_empty() {
                 let bytes = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
                 session.write_response_body(Some(bytes), false).await?;
@@ -415,6 +427,14 @@ pub async fn attempt(
         }
     }
     ctx.usage = translator.usage();
+    reshape(&mut api_stream, &mut out);
+    if api_stream
+        .as_ref()
+        .is_some_and(|s| s.ended() && !s.output_valid())
+        && clean
+    {
+        ctx.error_kind = Some("invalid_model_output");
+    }
     let last = if out.is_empty() {
         None
     } else {
@@ -428,6 +448,17 @@ pub async fn attempt(
         release(connector, upstream, &peer, provider.timeouts.idle).await;
     }
     Ok(Attempted::Answered { ttft, clean })
+}
+
+/// Chat stream bytes → a prompt API's events, in place.
+fn reshape(api: &mut Option<ApiStream>, out: &mut Vec<u8>) {
+    if let Some(s) = api {
+        if !out.is_empty() {
+            let mut shaped = Vec::with_capacity(out.len());
+            s.feed(out, &mut shaped);
+            *out = shaped;
+        }
+    }
 }
 
 /// Answer the client with a failure that is the last word.

@@ -20,7 +20,7 @@ use crate::policy::{KeyEntry, TeamEntry};
 use crate::shared::{BudgetDecision, Decision, HeldBudgets};
 use crate::snapshot::{ModelEntry, Snapshot, TargetEntry};
 use crate::steps::{self, Parsed, Stop};
-use crate::{exchange, respond};
+use crate::{apis, exchange, respond};
 use tollgate_config::HashOn;
 use tollgate_limits::Admission;
 
@@ -66,22 +66,45 @@ impl Gateway {
             return Ok(());
         }
 
+        match op {
+            Operation::Api | Operation::Catalog | Operation::Subscription | Operation::OpenApi => {
+                return self
+                    .api_management(session, ctx, snap, &key, team.as_deref(), model_id)
+                    .await;
+            }
+            _ => {}
+        }
+
         let body = steps::read_body(session, snap.max_body_bytes).await?;
         let parsed = Parsed::parse(op, &body)?;
         let model = steps::authorize(snap, &key, team.as_deref(), parsed.model())?;
+        self.run(session, ctx, snap, &key, team.as_deref(), &parsed, model)
+            .await
+    }
+
+    /// The policy and upstream half shared by `/v1/chat/completions`,
+    /// `/v1/embeddings` and prompt API calls: limits, budgets, routing.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+        key: &Arc<KeyEntry>,
+        team: Option<&TeamEntry>,
+        parsed: &Parsed<'_>,
+        model: Arc<ModelEntry>,
+    ) -> Result<(), Stop> {
         ctx.model = Some(model.clone());
-        ctx.layers = steps::layers(&key, team.as_deref(), Some(&model), snap);
+        ctx.layers = steps::layers(key, team, Some(&model), snap);
         let estimate = parsed.estimate_tokens(snap.default_completion_tokens);
-        let admission = self
-            .admit(ctx, &key, team.as_deref(), &model.name, estimate)
-            .await?;
+        let admission = self.admit(ctx, key, team, &model.name, estimate).await?;
         ctx.admission = Some(admission);
         let cost_estimate = model.pricing.map_or(0.0, |p| {
             let prompt = parsed.estimate_prompt_tokens();
             p.cost(prompt, 0, estimate.saturating_sub(prompt))
         });
-        self.reserve_budget(ctx, &key, team.as_deref(), cost_estimate)
-            .await?;
+        self.reserve_budget(ctx, key, team, cost_estimate).await?;
         ctx.budget_reserved = Some(cost_estimate);
         let hash_key: Option<Vec<u8>> = match &model.hash_on {
             None => None,
@@ -92,7 +115,106 @@ impl Gateway {
                 .get(h.as_str())
                 .map(|v| v.as_bytes().to_vec()),
         };
-        self.failover_loop(session, ctx, snap, &model, &parsed, hash_key.as_deref())
+        self.failover_loop(session, ctx, snap, &model, parsed, hash_key.as_deref())
+            .await
+    }
+
+    /// `/apis/…`, `/catalog…` and `/openapi.json` (see [`crate::apis`]).
+    async fn api_management(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+        key: &Arc<KeyEntry>,
+        team: Option<&TeamEntry>,
+        arg: Option<String>,
+    ) -> Result<(), Stop> {
+        let catalog = self.app.catalog.load_full();
+        let team_id = team.map(|t| t.id.as_str());
+        let arg = arg.unwrap_or_default();
+        let body = match ctx.op {
+            Operation::Catalog => {
+                apis::catalog_body(&catalog, snap, &self.app.config(), key, team)?
+            }
+            Operation::OpenApi if arg.is_empty() => apis::catalog_openapi(&catalog, team_id)?,
+            Operation::OpenApi => apis::api_openapi(&catalog, &arg, team_id)?,
+            Operation::Subscription if session.req_header().method == http::Method::POST => {
+                let (status, body) = apis::request_subscription(
+                    self.app.store.as_ref(),
+                    &catalog,
+                    &arg,
+                    key,
+                    team_id,
+                )
+                .await?;
+                if let Err(e) = self.app.sync_policy().await {
+                    log::warn!(
+                        "subscription stored, applying it now failed ({e}); the next poll will"
+                    );
+                    self.app.request_sync();
+                }
+                respond::json(session, ctx, status, body).await?;
+                return Ok(());
+            }
+            Operation::Subscription => apis::subscription_body(&catalog, &arg, team_id)?,
+            _ => {
+                return self
+                    .call_api(session, ctx, snap, key, team, &catalog, &arg)
+                    .await
+            }
+        };
+        respond::json(session, ctx, 200, body).await?;
+        Ok(())
+    }
+
+    /// `POST /apis/{name}[/{version}]`: lifecycle and subscription checked,
+    /// the variables rendered into a chat request, then the chat path.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_api(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+        key: &Arc<KeyEntry>,
+        team: Option<&TeamEntry>,
+        catalog: &tollgate_apis::Catalog,
+        path: &str,
+    ) -> Result<(), Stop> {
+        let (name, version) = apis::split_path(path)?;
+        let api = catalog.resolve(name, version)?.clone();
+        ctx.api = Some(api.clone());
+        catalog.authorize(&api, team.map(|t| t.id.as_str()))?;
+        let stream = apis::wants_stream(session.req_header().uri.query())?;
+        let body = steps::read_body(session, snap.max_body_bytes).await?;
+        let rendered = api.render(&body, stream)?;
+        let parsed = Parsed::parse(Operation::Chat, &rendered.body)?;
+        let model = snap.models.get(&api.spec.model).cloned().ok_or_else(|| {
+            ApiError::new(
+                503,
+                tollgate_schema::ErrorType::Overloaded,
+                format!(
+                    "API `{}` calls model `{}`, which this gateway does not serve now.",
+                    api.id, api.spec.model
+                ),
+            )
+            .with_code("api_model_unavailable")
+        })?;
+        // The API is the owning team's product: its model access is what
+        // counts, not the caller's (who may use the API without the model).
+        let owner = self.app.policy.load().teams.get(&api.spec.team).cloned();
+        if owner.is_some_and(|t| !t.models.allows(&model.name)) {
+            return Err(ApiError::new(
+                403,
+                tollgate_schema::ErrorType::Permission,
+                format!(
+                    "API `{}` calls model `{}`, which its team `{}` may not use.",
+                    api.id, model.name, api.spec.team
+                ),
+            )
+            .with_code("model_not_allowed")
+            .into());
+        }
+        self.run(session, ctx, snap, key, team, &parsed, model)
             .await
     }
 
@@ -473,6 +595,11 @@ impl ProxyHttp for Gateway {
         };
         self.metrics
             .request(ctx.op.as_str(), model, provider, status);
+        if let Some(api) = &ctx.api {
+            let deprecated = api.state.status == tollgate_apis::Status::Deprecated;
+            self.metrics
+                .api_call(&api.id, status, deprecated, charged(ctx, cost));
+        }
         if let (Some(shared), Some(held)) = (&self.app.shared, ctx.shared_budgets.as_ref()) {
             shared
                 .settle_budget(held, charged(ctx, cost), &ctx.request_id, &self.metrics)
@@ -483,6 +610,7 @@ impl ProxyHttp for Gateway {
             let line = serde_json::json!({
                 "request_id": ctx.request_id,
                 "op": ctx.op.as_str(),
+                "api": ctx.api.as_ref().map(|a| a.id.as_str()),
                 "key": ctx.key.as_ref().map(|k| k.name.as_str()),
                 "team": ctx.key.as_ref().and_then(|k| k.team.as_deref()),
                 "model": model,
@@ -631,6 +759,7 @@ impl Gateway {
                 latency_ms: elapsed.as_secs_f64() * 1000.0,
                 ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
                 error: ctx.error_kind.map(str::to_string),
+                api: ctx.api.as_ref().map(|a| a.id.clone()),
             });
         }
     }

@@ -27,7 +27,25 @@ pub fn header(
     }
     h.insert_header("x-request-id", ctx.request_id.as_str())?;
     rate_limit_headers(&mut h, ctx)?;
+    if let Some(api) = &ctx.api {
+        deprecation_headers(&mut h, api)?;
+    }
     Ok(h)
+}
+
+/// A deprecated prompt API says so on every answer: `Deprecation` (RFC 9745),
+/// `Sunset` (RFC 8594) and, when a newer version is published, a `Link` to it.
+fn deprecation_headers(h: &mut ResponseHeader, api: &tollgate_apis::Api) -> Result<()> {
+    if let Some(d) = &api.deprecation_header {
+        h.insert_header("deprecation", d.as_str())?;
+        if let Some(s) = &api.sunset_header {
+            h.insert_header("sunset", s.as_str())?;
+        }
+        if let Some(next) = &api.successor_path {
+            h.insert_header("link", format!("<{next}>; rel=\"successor-version\""))?;
+        }
+    }
+    Ok(())
 }
 
 /// OpenAI's `x-ratelimit-*` headers, from the binding layer of each kind

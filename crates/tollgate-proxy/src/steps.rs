@@ -44,6 +44,11 @@ pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>),
         "/v1/chat/completions" | "/chat/completions" => (Operation::Chat, Method::POST),
         "/v1/embeddings" | "/embeddings" => (Operation::Embeddings, Method::POST),
         "/v1/models" | "/models" => (Operation::Models, Method::GET),
+        "/catalog" => (Operation::Catalog, Method::GET),
+        "/openapi.json" => (Operation::OpenApi, Method::GET),
+        p if p.starts_with("/apis/") || p.starts_with("/catalog/") => {
+            return route_apis(method, p);
+        }
         p => match p
             .strip_prefix("/v1/models/")
             .or_else(|| p.strip_prefix("/models/"))
@@ -65,6 +70,37 @@ pub fn route(method: &Method, path: &str) -> Result<(Operation, Option<String>),
         ));
     }
     Ok((op, None))
+}
+
+/// `/apis/…` and `/catalog/…`: the path after the prefix is the operation's argument.
+fn route_apis(method: &Method, path: &str) -> Result<(Operation, Option<String>), ApiError> {
+    if let Some(rest) = path.strip_prefix("/catalog/") {
+        return match rest.strip_suffix("/subscription") {
+            Some(name) if !name.is_empty() && !name.contains('/') => {
+                if method == Method::GET || method == Method::POST {
+                    Ok((Operation::Subscription, Some(name.to_string())))
+                } else {
+                    Err(ApiError::method_not_allowed(
+                        method.as_str(),
+                        path,
+                        "GET, POST",
+                    ))
+                }
+            }
+            _ => Err(ApiError::unknown_path(method.as_str(), path)),
+        };
+    }
+    let rest = path.strip_prefix("/apis/").unwrap_or_default();
+    if let Some(api) = rest.strip_suffix("/openapi.json") {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(method.as_str(), path, "GET"));
+        }
+        return Ok((Operation::OpenApi, Some(api.to_string())));
+    }
+    if method != Method::POST {
+        return Err(ApiError::method_not_allowed(method.as_str(), path, "POST"));
+    }
+    Ok((Operation::Api, Some(rest.to_string())))
 }
 
 /// Key auth: `Authorization: Bearer …` or `api-key: …`.

@@ -1,5 +1,6 @@
 //! Durable state of the gateway: teams, managed client keys (only the SHA-256 of
-//! each secret, never the secret) and the usage ledger.
+//! each secret, never the secret), prompt APIs with their subscriptions and audit
+//! log, and the usage ledger.
 //!
 //! The store is SQLite embedded in the process by default (one file, WAL journal,
 //! `synchronous=NORMAL`, a busy timeout), or PostgreSQL when a `postgres://` URL is
@@ -9,10 +10,12 @@
 //! database-wide advisory lock while it runs, so several processes may open the
 //! same database at once.
 //!
-//! Every team or key write bumps one counter ([`Store::version`]) in the same
-//! transaction and stamps the written row with the new value, so the data plane can
-//! poll cheaply for changes ([`Store::changed_keys`]). Deleted keys stay as
-//! tombstones so pollers see the deletion.
+//! Every team, key, API or subscription write bumps one counter
+//! ([`Store::version`]) in the same transaction and stamps the written row with the
+//! new value, so the data plane can poll cheaply for changes
+//! ([`Store::changed_keys`]). Deleted keys stay as tombstones so pollers see the
+//! deletion. API and subscription writes also append to an audit log
+//! ([`Store::list_api_events`]).
 //!
 //! # Durability of the usage ledger
 //!
@@ -49,8 +52,9 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use types::{
-    BudgetSpec, GroupBy, KeyPatch, KeyRecord, LimitSpec, LimitUsage, NewKey, NewTeam,
-    ParseGroupByError, Spend, Team, TeamPatch, UsageQuery, UsageRecord, UsageRow,
+    ApiEvent, ApiPatch, ApiRecord, BudgetSpec, GroupBy, KeyPatch, KeyRecord, LimitSpec, LimitUsage,
+    NewApi, NewKey, NewTeam, ParseGroupByError, Spend, StatusChange, Subscription, Team, TeamPatch,
+    UsageQuery, UsageRecord, UsageRow,
 };
 
 /// Which database a [`Store`] runs on.
@@ -275,7 +279,8 @@ impl Store {
         }
     }
 
-    /// The change counter: bumped in the same transaction as every team or key write.
+    /// The change counter: bumped in the same transaction as every team, key, API or
+    /// subscription write.
     pub async fn version(&self) -> Result<i64, StoreError> {
         on_store!(self, version())
     }
@@ -450,6 +455,159 @@ impl Store {
     pub async fn usage_count(&self) -> Result<i64, StoreError> {
         on_store!(self, usage_count())
     }
+
+    // ------------------------------------------------------------ prompt APIs
+    //
+    // Every write below bumps the change counter, stamps the written row's
+    // `row_version` and appends an entry to the API audit log (with `actor`), all in
+    // one transaction. The store checks only its own invariants (non-empty names,
+    // known statuses); who may do what is the caller's business.
+
+    /// Creates one version of an API. [`StoreError::Conflict`] if `(name, version)`
+    /// exists. Logs `created` with `{"status"}`.
+    pub async fn create_api(&self, a: &NewApi, actor: &str) -> Result<ApiRecord, StoreError> {
+        validate::new_api(a)?;
+        let a = a.clone();
+        let actor = actor.to_string();
+        on_store!(self, create_api(&a, &actor))
+    }
+
+    /// Every API version, ordered by name, then version (`v<N>` numerically, so
+    /// `v2` < `v10`, before any other version; then bytewise).
+    pub async fn list_apis(&self) -> Result<Vec<ApiRecord>, StoreError> {
+        on_store!(self, list_apis())
+    }
+
+    /// One API version.
+    pub async fn get_api(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<ApiRecord>, StoreError> {
+        let name = name.to_string();
+        let version = version.to_string();
+        on_store!(self, get_api(&name, &version))
+    }
+
+    /// Applies `p` to an API version; `None` if there is none. Logs `updated` with
+    /// `{"fields": [...]}` (the fields `p` gives).
+    pub async fn update_api(
+        &self,
+        name: &str,
+        version: &str,
+        p: &ApiPatch,
+        actor: &str,
+    ) -> Result<Option<ApiRecord>, StoreError> {
+        let name = name.to_string();
+        let version = version.to_string();
+        let p = p.clone();
+        let actor = actor.to_string();
+        on_store!(self, update_api(&name, &version, &p, &actor))
+    }
+
+    /// Moves an API version to `c.to` if its current status is in
+    /// `c.allowed_from` (checked in the transaction), setting `deprecated_at` and
+    /// `sunset_at` when `c` gives them; `None` if there is no such version,
+    /// [`StoreError::Conflict`] if the current status is not allowed. Logs `status`
+    /// with `{"from", "to", "sunset_at"}`.
+    pub async fn set_api_status(
+        &self,
+        name: &str,
+        version: &str,
+        c: &StatusChange,
+        actor: &str,
+    ) -> Result<Option<ApiRecord>, StoreError> {
+        validate::status_change(c)?;
+        let name = name.to_string();
+        let version = version.to_string();
+        let c = c.clone();
+        let actor = actor.to_string();
+        on_store!(self, set_api_status(&name, &version, &c, &actor))
+    }
+
+    /// Requests a subscription of `team_id` to the API named `api` (every version).
+    /// One subscription per (api, team): a new one is `pending`, or `approved` (by
+    /// `auto-approval`) when `auto_approve`; a `pending` or `approved` one is
+    /// returned as it is (no write); a `rejected` or `revoked` one is requested
+    /// again (its reason cleared). Logs `subscription_requested`, and
+    /// `subscription_approved` when auto-approved, with `{"subscription", "team"}`.
+    pub async fn request_subscription(
+        &self,
+        api: &str,
+        team_id: &str,
+        actor: &str,
+        auto_approve: bool,
+    ) -> Result<Subscription, StoreError> {
+        validate::api_name(api)?;
+        validate::team_id(team_id)?;
+        let api = api.to_string();
+        let team_id = team_id.to_string();
+        let actor = actor.to_string();
+        on_store!(
+            self,
+            request_subscription(&api, &team_id, &actor, auto_approve)
+        )
+    }
+
+    /// Moves a subscription to `to` (`approved`, `rejected` or `revoked`) if its
+    /// current status is in `allowed_from`, recording `actor` as `decided_by` and
+    /// `reason`; `None` if there is no such subscription, [`StoreError::Conflict`]
+    /// if the current status is not allowed. Logs `subscription_<to>` with
+    /// `{"subscription", "team", "reason"}`.
+    pub async fn decide_subscription(
+        &self,
+        id: &str,
+        to: &str,
+        allowed_from: &[&str],
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let allowed_from: Vec<String> = allowed_from.iter().map(|s| s.to_string()).collect();
+        validate::subscription_decision(to, &allowed_from)?;
+        let id = id.to_string();
+        let to = to.to_string();
+        let actor = actor.to_string();
+        on_store!(
+            self,
+            decide_subscription(&id, &to, &allowed_from, &actor, reason)
+        )
+    }
+
+    /// One subscription.
+    pub async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        let id = id.to_string();
+        on_store!(self, get_subscription(&id))
+    }
+
+    /// Subscriptions matching every filter given (exact matches), ordered by
+    /// `created_at`, then id.
+    pub async fn list_subscriptions(
+        &self,
+        api: Option<String>,
+        team_id: Option<String>,
+        status: Option<String>,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        on_store!(
+            self,
+            list_subscriptions(api.as_deref(), team_id.as_deref(), status.as_deref())
+        )
+    }
+
+    /// The newest `limit` entries of the API audit log (of one API name, if given),
+    /// oldest first.
+    pub async fn list_api_events(
+        &self,
+        api: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<ApiEvent>, StoreError> {
+        if limit < 0 {
+            return Err(StoreError::Invalid("limit must not be negative".into()));
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        on_store!(self, list_api_events(api.as_deref(), limit))
+    }
 }
 
 /// Current time in unix milliseconds.
@@ -512,6 +670,7 @@ mod tests {
             GroupBy::Team,
             GroupBy::Model,
             GroupBy::Provider,
+            GroupBy::Api,
         ] {
             assert_eq!(g.as_str().parse::<GroupBy>().unwrap(), g);
             assert_eq!(

@@ -15,17 +15,31 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 /// `(version, description, sql)` of each migration file `<version>_<description>.sql`.
 pub(crate) type Embedded = &'static [(i64, &'static str, &'static str)];
 
-pub(crate) const SQLITE: Embedded = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+pub(crate) const SQLITE: Embedded = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "apis",
+        include_str!("../migrations/sqlite/0002_apis.sql"),
+    ),
+];
 
-pub(crate) const POSTGRES: Embedded = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+pub(crate) const POSTGRES: Embedded = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "apis",
+        include_str!("../migrations/postgres/0002_apis.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Source(Embedded);

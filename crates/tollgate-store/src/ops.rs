@@ -11,8 +11,9 @@ use sqlx::{Pool, Row, Transaction};
 use super::{begin_write, Db, ANONYMOUS_PLACEHOLDERS};
 use crate::validate::{from_json, to_json};
 use crate::{
-    now_ms, KeyPatch, KeyRecord, LimitUsage, NewKey, NewTeam, Spend, StoreError, Team, TeamPatch,
-    UsageQuery, UsageRecord, UsageRow,
+    now_ms, ApiEvent, ApiPatch, ApiRecord, KeyPatch, KeyRecord, LimitUsage, NewApi, NewKey,
+    NewTeam, Spend, StatusChange, StoreError, Subscription, Team, TeamPatch, UsageQuery,
+    UsageRecord, UsageRow,
 };
 
 type Tx = Transaction<'static, Db>;
@@ -24,14 +25,22 @@ const TEAM_COLS: &str =
 const KEY_COLS: &str = "id, name, hash, prefix, team_id, models, limits, budget, disabled, \
      expires_at, metadata, created_at, updated_at, rotated_at, version, deleted";
 
+const API_COLS: &str = "name, version, team_id, status, spec, description, auto_approve, \
+     deprecated_at, sunset_at, created_at, updated_at, row_version";
+
+const SUB_COLS: &str = "id, api, team_id, status, requested_by, decided_by, reason, \
+     created_at, updated_at, row_version";
+
+const EVENT_COLS: &str = "id, at_ms, actor, api, api_version, action, detail";
+
 const USAGE_COLS: &str = "request_id, ts_ms, key_id, key_name, team_id, model, provider, \
      operation, status, stream, input_tokens, output_tokens, cached_tokens, cost_usd, \
-     latency_ms, ttft_ms, error";
+     latency_ms, ttft_ms, error, api";
 
 /// Columns in `USAGE_COLS`, i.e. bind parameters per ledger row.
-const USAGE_NCOLS: usize = 17;
+const USAGE_NCOLS: usize = 18;
 
-/// Ledger rows per INSERT: 1000 × 17 = 17,000 bind parameters, under SQLite's
+/// Ledger rows per INSERT: 1000 × 18 = 18,000 bind parameters, under SQLite's
 /// 32,766 and PostgreSQL's 65,535.
 const USAGE_CHUNK: usize = 1000;
 
@@ -598,7 +607,8 @@ pub(crate) async fn insert_usage(
                 .bind(r.cost_usd)
                 .bind(r.latency_ms)
                 .bind(r.ttft_ms)
-                .bind(r.error.as_deref());
+                .bind(r.error.as_deref())
+                .bind(r.api.as_deref());
         }
         inserted += q.execute(&mut *tx).await?.rows_affected();
     }
@@ -630,6 +640,7 @@ fn usage_where(q: &UsageQuery, first: usize) -> (String, Vec<String>) {
         ("team_id", &q.team_id),
         ("model", &q.model),
         ("provider", &q.provider),
+        ("api", &q.api),
     ] {
         if let Some(v) = v {
             sql.push_str(&format!(" AND {col} = ${n}"));
@@ -742,6 +753,7 @@ fn usage_from_row(row: &DbRow) -> Result<UsageRecord, StoreError> {
         latency_ms: row.try_get("latency_ms")?,
         ttft_ms: row.try_get("ttft_ms")?,
         error: row.try_get("error")?,
+        api: row.try_get("api")?,
     })
 }
 
@@ -836,4 +848,580 @@ pub(crate) async fn usage_count(pool: &Pool<Db>) -> Result<i64, StoreError> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+// ---------------------------------------------------------------- prompt APIs
+
+fn api_from_row(row: &DbRow) -> Result<ApiRecord, StoreError> {
+    Ok(ApiRecord {
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        team_id: row.try_get("team_id")?,
+        status: row.try_get("status")?,
+        spec: from_json("spec", row.try_get::<&str, _>("spec")?)?,
+        description: row.try_get("description")?,
+        auto_approve: row.try_get("auto_approve")?,
+        deprecated_at: row.try_get("deprecated_at")?,
+        sunset_at: row.try_get("sunset_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        row_version: row.try_get("row_version")?,
+    })
+}
+
+fn sub_from_row(row: &DbRow) -> Result<Subscription, StoreError> {
+    Ok(Subscription {
+        id: row.try_get("id")?,
+        api: row.try_get("api")?,
+        team_id: row.try_get("team_id")?,
+        status: row.try_get("status")?,
+        requested_by: row.try_get("requested_by")?,
+        decided_by: row.try_get("decided_by")?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        row_version: row.try_get("row_version")?,
+    })
+}
+
+fn event_from_row(row: &DbRow) -> Result<ApiEvent, StoreError> {
+    Ok(ApiEvent {
+        id: row.try_get("id")?,
+        at_ms: row.try_get("at_ms")?,
+        actor: row.try_get("actor")?,
+        api: row.try_get("api")?,
+        api_version: row.try_get("api_version")?,
+        action: row.try_get("action")?,
+        detail: from_json("detail", row.try_get::<&str, _>("detail")?)?,
+    })
+}
+
+/// Sort key of an API version: `v<N>` versions by N (numerically), before any
+/// other version; then bytewise.
+fn version_key(v: &str) -> (u8, u64, &str) {
+    match v.strip_prefix('v').map(str::parse::<u64>) {
+        Some(Ok(n)) if v[1..].bytes().all(|b| b.is_ascii_digit()) => (0, n, v),
+        _ => (1, 0, v),
+    }
+}
+
+/// Orders API versions by name (bytewise), then version (see [`version_key`]).
+fn sort_apis(apis: &mut [ApiRecord]) {
+    apis.sort_by(|a, b| {
+        (a.name.as_str(), version_key(&a.version)).cmp(&(b.name.as_str(), version_key(&b.version)))
+    });
+}
+
+/// A new subscription id: `sub_` and 24 random hex digits.
+fn subscription_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    let mut id = String::with_capacity(28);
+    id.push_str("sub_");
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// Appends an entry to the API audit log.
+async fn api_event(
+    tx: &mut Tx,
+    at_ms: i64,
+    actor: &str,
+    api: &str,
+    api_version: Option<&str>,
+    action: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_events (at_ms, actor, api, api_version, action, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(at_ms)
+    .bind(actor)
+    .bind(api)
+    .bind(api_version)
+    .bind(action)
+    .bind(to_json(detail)?)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn fetch_api(
+    tx: &mut Tx,
+    name: &str,
+    version: &str,
+) -> Result<Option<ApiRecord>, StoreError> {
+    let sql = format!("SELECT {API_COLS} FROM apis WHERE name = $1 AND version = $2");
+    let row = sqlx::query(&sql)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(api_from_row).transpose()
+}
+
+/// Writes every mutable column of `a` (the row must exist).
+async fn write_api(tx: &mut Tx, a: &ApiRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE apis SET team_id = $3, status = $4, spec = $5, description = $6, \
+         auto_approve = $7, deprecated_at = $8, sunset_at = $9, updated_at = $10, \
+         row_version = $11 WHERE name = $1 AND version = $2",
+    )
+    .bind(&a.name)
+    .bind(&a.version)
+    .bind(&a.team_id)
+    .bind(&a.status)
+    .bind(to_json(&a.spec)?)
+    .bind(&a.description)
+    .bind(a.auto_approve)
+    .bind(a.deprecated_at)
+    .bind(a.sunset_at)
+    .bind(a.updated_at)
+    .bind(a.row_version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn create_api(
+    pool: &Pool<Db>,
+    a: &NewApi,
+    actor: &str,
+) -> Result<ApiRecord, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let row_version = bump(&mut tx).await?;
+    let now = now_ms();
+    let api = ApiRecord {
+        name: a.name.clone(),
+        version: a.version.clone(),
+        team_id: a.team_id.clone(),
+        status: a.status.clone(),
+        spec: a.spec.clone(),
+        description: a.description.clone(),
+        auto_approve: a.auto_approve,
+        deprecated_at: None,
+        sunset_at: None,
+        created_at: now,
+        updated_at: now,
+        row_version,
+    };
+    let sql = format!(
+        "INSERT INTO apis ({API_COLS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (name, version) DO NOTHING"
+    );
+    let inserted = sqlx::query(&sql)
+        .bind(&api.name)
+        .bind(&api.version)
+        .bind(&api.team_id)
+        .bind(&api.status)
+        .bind(to_json(&api.spec)?)
+        .bind(&api.description)
+        .bind(api.auto_approve)
+        .bind(api.deprecated_at)
+        .bind(api.sunset_at)
+        .bind(api.created_at)
+        .bind(api.updated_at)
+        .bind(api.row_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(format!(
+            "API {}/{} already exists",
+            api.name, api.version
+        )));
+    }
+    api_event(
+        &mut tx,
+        now,
+        actor,
+        &api.name,
+        Some(&api.version),
+        "created",
+        &serde_json::json!({ "status": api.status }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(api)
+}
+
+pub(crate) async fn list_apis(pool: &Pool<Db>) -> Result<Vec<ApiRecord>, StoreError> {
+    let sql = format!("SELECT {API_COLS} FROM apis");
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    let mut apis = rows
+        .iter()
+        .map(api_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    sort_apis(&mut apis);
+    Ok(apis)
+}
+
+pub(crate) async fn get_api(
+    pool: &Pool<Db>,
+    name: &str,
+    version: &str,
+) -> Result<Option<ApiRecord>, StoreError> {
+    let sql = format!("SELECT {API_COLS} FROM apis WHERE name = $1 AND version = $2");
+    let row = sqlx::query(&sql)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(api_from_row).transpose()
+}
+
+pub(crate) async fn update_api(
+    pool: &Pool<Db>,
+    name: &str,
+    version: &str,
+    p: &ApiPatch,
+    actor: &str,
+) -> Result<Option<ApiRecord>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let row_version = bump(&mut tx).await?;
+    let Some(mut api) = fetch_api(&mut tx, name, version).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let mut fields = Vec::new();
+    if let Some(spec) = &p.spec {
+        api.spec = spec.clone();
+        fields.push("spec");
+    }
+    if let Some(d) = &p.description {
+        api.description = d.clone();
+        fields.push("description");
+    }
+    if let Some(a) = p.auto_approve {
+        api.auto_approve = a;
+        fields.push("auto_approve");
+    }
+    let now = now_ms();
+    api.updated_at = now;
+    api.row_version = row_version;
+    write_api(&mut tx, &api).await?;
+    api_event(
+        &mut tx,
+        now,
+        actor,
+        &api.name,
+        Some(&api.version),
+        "updated",
+        &serde_json::json!({ "fields": fields }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(api))
+}
+
+pub(crate) async fn set_api_status(
+    pool: &Pool<Db>,
+    name: &str,
+    version: &str,
+    c: &StatusChange,
+    actor: &str,
+) -> Result<Option<ApiRecord>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let row_version = bump(&mut tx).await?;
+    let Some(mut api) = fetch_api(&mut tx, name, version).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    if !c.allowed_from.contains(&api.status) {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(format!(
+            "API {}/{} is {}; it cannot become {}",
+            api.name, api.version, api.status, c.to
+        )));
+    }
+    let from = std::mem::replace(&mut api.status, c.to.clone());
+    if let Some(at) = c.deprecated_at {
+        api.deprecated_at = Some(at);
+    }
+    if let Some(at) = c.sunset_at {
+        api.sunset_at = Some(at);
+    }
+    let now = now_ms();
+    api.updated_at = now;
+    api.row_version = row_version;
+    write_api(&mut tx, &api).await?;
+    api_event(
+        &mut tx,
+        now,
+        actor,
+        &api.name,
+        Some(&api.version),
+        "status",
+        &serde_json::json!({ "from": from, "to": api.status, "sunset_at": api.sunset_at }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(api))
+}
+
+async fn fetch_subscription(tx: &mut Tx, id: &str) -> Result<Option<Subscription>, StoreError> {
+    let sql = format!("SELECT {SUB_COLS} FROM api_subscriptions WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
+    row.as_ref().map(sub_from_row).transpose()
+}
+
+/// Writes every mutable column of `s` (the row must exist).
+async fn write_subscription(tx: &mut Tx, s: &Subscription) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE api_subscriptions SET status = $2, requested_by = $3, decided_by = $4, \
+         reason = $5, updated_at = $6, row_version = $7 WHERE id = $1",
+    )
+    .bind(&s.id)
+    .bind(&s.status)
+    .bind(&s.requested_by)
+    .bind(&s.decided_by)
+    .bind(&s.reason)
+    .bind(s.updated_at)
+    .bind(s.row_version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Who decides an automatically approved subscription.
+const AUTO_APPROVAL: &str = "auto-approval";
+
+pub(crate) async fn request_subscription(
+    pool: &Pool<Db>,
+    api: &str,
+    team_id: &str,
+    actor: &str,
+    auto_approve: bool,
+) -> Result<Subscription, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    // Bumped first so that concurrent requests for the same (api, team) take turns;
+    // rolled back when the request changes nothing.
+    let row_version = bump(&mut tx).await?;
+    let sql = format!("SELECT {SUB_COLS} FROM api_subscriptions WHERE api = $1 AND team_id = $2");
+    let existing = sqlx::query(&sql)
+        .bind(api)
+        .bind(team_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(sub_from_row)
+        .transpose()?;
+    let now = now_ms();
+    let (status, decided_by) = if auto_approve {
+        ("approved", Some(AUTO_APPROVAL.to_string()))
+    } else {
+        ("pending", None)
+    };
+    let sub = match existing {
+        Some(s) if s.status == "pending" || s.status == "approved" => {
+            tx.rollback().await?;
+            return Ok(s);
+        }
+        Some(mut s) => {
+            s.status = status.to_string();
+            s.requested_by = actor.to_string();
+            s.decided_by = decided_by;
+            s.reason = None;
+            s.updated_at = now;
+            s.row_version = row_version;
+            write_subscription(&mut tx, &s).await?;
+            s
+        }
+        None => {
+            let s = Subscription {
+                id: subscription_id(),
+                api: api.to_string(),
+                team_id: team_id.to_string(),
+                status: status.to_string(),
+                requested_by: actor.to_string(),
+                decided_by,
+                reason: None,
+                created_at: now,
+                updated_at: now,
+                row_version,
+            };
+            let sql = format!(
+                "INSERT INTO api_subscriptions ({SUB_COLS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            );
+            sqlx::query(&sql)
+                .bind(&s.id)
+                .bind(&s.api)
+                .bind(&s.team_id)
+                .bind(&s.status)
+                .bind(&s.requested_by)
+                .bind(&s.decided_by)
+                .bind(&s.reason)
+                .bind(s.created_at)
+                .bind(s.updated_at)
+                .bind(s.row_version)
+                .execute(&mut *tx)
+                .await?;
+            s
+        }
+    };
+    api_event(
+        &mut tx,
+        now,
+        actor,
+        &sub.api,
+        None,
+        "subscription_requested",
+        &serde_json::json!({ "subscription": sub.id, "team": sub.team_id }),
+    )
+    .await?;
+    if auto_approve {
+        api_event(
+            &mut tx,
+            now,
+            actor,
+            &sub.api,
+            None,
+            "subscription_approved",
+            &serde_json::json!({
+                "subscription": sub.id,
+                "team": sub.team_id,
+                "reason": serde_json::Value::Null,
+                "decided_by": AUTO_APPROVAL,
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(sub)
+}
+
+pub(crate) async fn decide_subscription(
+    pool: &Pool<Db>,
+    id: &str,
+    to: &str,
+    allowed_from: &[String],
+    actor: &str,
+    reason: Option<String>,
+) -> Result<Option<Subscription>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let row_version = bump(&mut tx).await?;
+    let Some(mut sub) = fetch_subscription(&mut tx, id).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    if !allowed_from.contains(&sub.status) {
+        tx.rollback().await?;
+        return Err(StoreError::Conflict(format!(
+            "subscription {} is {}; it cannot become {to}",
+            sub.id, sub.status
+        )));
+    }
+    let now = now_ms();
+    sub.status = to.to_string();
+    sub.decided_by = Some(actor.to_string());
+    sub.reason = reason;
+    sub.updated_at = now;
+    sub.row_version = row_version;
+    write_subscription(&mut tx, &sub).await?;
+    api_event(
+        &mut tx,
+        now,
+        actor,
+        &sub.api,
+        None,
+        &format!("subscription_{to}"),
+        &serde_json::json!({ "subscription": sub.id, "team": sub.team_id, "reason": sub.reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(sub))
+}
+
+pub(crate) async fn get_subscription(
+    pool: &Pool<Db>,
+    id: &str,
+) -> Result<Option<Subscription>, StoreError> {
+    let sql = format!("SELECT {SUB_COLS} FROM api_subscriptions WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(sub_from_row).transpose()
+}
+
+pub(crate) async fn list_subscriptions(
+    pool: &Pool<Db>,
+    api: Option<&str>,
+    team_id: Option<&str>,
+    status: Option<&str>,
+) -> Result<Vec<Subscription>, StoreError> {
+    let mut sql = format!("SELECT {SUB_COLS} FROM api_subscriptions WHERE 1 = 1");
+    let mut binds = Vec::new();
+    for (col, v) in [("api", api), ("team_id", team_id), ("status", status)] {
+        if let Some(v) = v {
+            binds.push(v);
+            sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+        }
+    }
+    sql.push_str(" ORDER BY created_at, id");
+    let mut query = sqlx::query(&sql);
+    for b in binds {
+        query = query.bind(b);
+    }
+    let rows = query.fetch_all(pool).await?;
+    rows.iter().map(sub_from_row).collect()
+}
+
+pub(crate) async fn list_api_events(
+    pool: &Pool<Db>,
+    api: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ApiEvent>, StoreError> {
+    let rows = match api {
+        Some(api) => {
+            let sql = format!(
+                "SELECT {EVENT_COLS} FROM api_events WHERE api = $1 ORDER BY id DESC LIMIT $2"
+            );
+            sqlx::query(&sql)
+                .bind(api)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+        None => {
+            let sql = format!("SELECT {EVENT_COLS} FROM api_events ORDER BY id DESC LIMIT $1");
+            sqlx::query(&sql).bind(limit).fetch_all(pool).await?
+        }
+    };
+    let mut events = rows
+        .iter()
+        .map(event_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    events.reverse();
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_cols_match_their_count() {
+        assert_eq!(USAGE_COLS.split(',').count(), USAGE_NCOLS);
+    }
+
+    #[test]
+    fn subscription_ids() {
+        let id = subscription_id();
+        assert_eq!(id.len(), 28);
+        assert!(id.starts_with("sub_"));
+        assert!(id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(id, subscription_id());
+    }
+
+    #[test]
+    fn versions_order_numerically() {
+        let mut v = ["v10", "beta", "v2", "v1", "2024-01", "v02"];
+        v.sort_by_key(|s| version_key(s));
+        assert_eq!(v, ["v1", "v02", "v2", "v10", "2024-01", "beta"]);
+    }
 }

@@ -225,6 +225,10 @@ pub struct UsageRecord {
     pub ttft_ms: Option<f64>,
     /// Error text, if the request failed.
     pub error: Option<String>,
+    /// The prompt API the request was made through, as `name/version` (e.g.
+    /// `sentiment/v1`); `None` for plain requests.
+    #[serde(default)]
+    pub api: Option<String>,
 }
 
 /// Which records a usage query covers, and how they are grouped.
@@ -242,6 +246,8 @@ pub struct UsageQuery {
     pub model: Option<String>,
     /// Only this provider.
     pub provider: Option<String>,
+    /// Only requests made through this prompt API (`name/version`, exact match).
+    pub api: Option<String>,
     /// One row per distinct value of this column; `None` = one row overall.
     pub group_by: Option<GroupBy>,
 }
@@ -258,16 +264,20 @@ pub enum GroupBy {
     Model,
     /// By `provider`.
     Provider,
+    /// By `api` (`name/version`; requests not made through a prompt API form the
+    /// `None` group).
+    Api,
 }
 
 impl GroupBy {
-    /// The name used in APIs: `key`, `team`, `model`, `provider`.
+    /// The name used in APIs: `key`, `team`, `model`, `provider`, `api`.
     pub fn as_str(self) -> &'static str {
         match self {
             GroupBy::Key => "key",
             GroupBy::Team => "team",
             GroupBy::Model => "model",
             GroupBy::Provider => "provider",
+            GroupBy::Api => "api",
         }
     }
 
@@ -278,6 +288,7 @@ impl GroupBy {
             GroupBy::Team => "team_id",
             GroupBy::Model => "model",
             GroupBy::Provider => "provider",
+            GroupBy::Api => "api",
         }
     }
 }
@@ -290,7 +301,7 @@ impl fmt::Display for GroupBy {
 
 /// The error of [`GroupBy::from_str`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown group_by {0:?} (expected key, team, model or provider)")]
+#[error("unknown group_by {0:?} (expected key, team, model, provider or api)")]
 pub struct ParseGroupByError(pub String);
 
 impl FromStr for GroupBy {
@@ -302,6 +313,7 @@ impl FromStr for GroupBy {
             "team" => Ok(GroupBy::Team),
             "model" => Ok(GroupBy::Model),
             "provider" => Ok(GroupBy::Provider),
+            "api" => Ok(GroupBy::Api),
             other => Err(ParseGroupByError(other.to_string())),
         }
     }
@@ -354,4 +366,141 @@ pub struct Spend {
     pub by_key: HashMap<String, f64>,
     /// Cost per team id (records without a team are not counted here).
     pub by_team: HashMap<String, f64>,
+}
+
+/// Deserialises a present field (even `null`) as `Some(..)`, so that with
+/// `#[serde(default)]` a missing field is `None` and `null` is `Some(None)`.
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// One version of a prompt API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiRecord {
+    /// The API's name (e.g. `sentiment`), shared by all its versions.
+    pub name: String,
+    /// The version (e.g. `v1`); unique per name.
+    pub version: String,
+    /// The owning team's id.
+    pub team_id: String,
+    /// `draft`, `published`, `deprecated` or `retired`.
+    pub status: String,
+    /// The definition, a JSON object (opaque to the store).
+    pub spec: serde_json::Value,
+    /// Free text.
+    pub description: Option<String>,
+    /// Whether subscription requests are approved without review.
+    pub auto_approve: bool,
+    /// When the version was deprecated, unix milliseconds.
+    pub deprecated_at: Option<i64>,
+    /// When the version stops serving, unix milliseconds.
+    pub sunset_at: Option<i64>,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Last update time, unix milliseconds.
+    pub updated_at: i64,
+    /// `state_version` value of the last write to this row.
+    pub row_version: i64,
+}
+
+/// What [`crate::Store::create_api`] needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewApi {
+    /// The API's name.
+    pub name: String,
+    /// The version; `(name, version)` must be new.
+    pub version: String,
+    /// The owning team's id.
+    pub team_id: String,
+    /// `draft`, `published`, `deprecated` or `retired`.
+    pub status: String,
+    /// The definition, a JSON object (opaque to the store).
+    pub spec: serde_json::Value,
+    /// Free text.
+    pub description: Option<String>,
+    /// Whether subscription requests are approved without review.
+    pub auto_approve: bool,
+}
+
+/// A partial update of an API version: `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiPatch {
+    /// Replaces the definition whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    /// `Some(None)` clears the description.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "double_option"
+    )]
+    pub description: Option<Option<String>>,
+    /// Turns auto-approval of subscriptions on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_approve: Option<bool>,
+}
+
+/// A status transition of an API version ([`crate::Store::set_api_status`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// The new status: `draft`, `published`, `deprecated` or `retired`.
+    pub to: String,
+    /// The statuses the change is allowed from; any other current status is a
+    /// [`crate::StoreError::Conflict`].
+    pub allowed_from: Vec<String>,
+    /// Sets `deprecated_at` when given (left as it is otherwise).
+    #[serde(default)]
+    pub deprecated_at: Option<i64>,
+    /// Sets `sunset_at` when given (left as it is otherwise).
+    #[serde(default)]
+    pub sunset_at: Option<i64>,
+}
+
+/// A team's subscription to an API (by name: it covers every version).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `sub_` followed by 24 random hex digits.
+    pub id: String,
+    /// The API's name.
+    pub api: String,
+    /// The subscribing team's id; one subscription per (api, team).
+    pub team_id: String,
+    /// `pending`, `approved`, `rejected` or `revoked`.
+    pub status: String,
+    /// Who made the (latest) request.
+    pub requested_by: String,
+    /// Who made the latest decision (`auto-approval` for automatic approvals).
+    pub decided_by: Option<String>,
+    /// The reason given with the latest decision.
+    pub reason: Option<String>,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Last update time, unix milliseconds.
+    pub updated_at: i64,
+    /// `state_version` value of the last write to this row.
+    pub row_version: i64,
+}
+
+/// One entry of the API audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiEvent {
+    /// Increasing id: the log's order.
+    pub id: i64,
+    /// When it happened, unix milliseconds.
+    pub at_ms: i64,
+    /// Who did it.
+    pub actor: String,
+    /// The API's name.
+    pub api: String,
+    /// The version concerned, if the event is about one version.
+    pub api_version: Option<String>,
+    /// What happened: `created`, `updated`, `status`, `subscription_requested`,
+    /// `subscription_approved`, `subscription_rejected`, `subscription_revoked`.
+    pub action: String,
+    /// Details, a JSON object.
+    pub detail: serde_json::Value,
 }

@@ -1,6 +1,6 @@
 //! Checks and normalisation of input before it reaches the database.
 
-use crate::{BudgetSpec, KeyPatch, NewKey, NewTeam, StoreError, TeamPatch};
+use crate::{BudgetSpec, KeyPatch, NewApi, NewKey, NewTeam, StatusChange, StoreError, TeamPatch};
 
 fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::Invalid(msg.into())
@@ -99,6 +99,63 @@ pub(crate) fn key_patch(p: &mut KeyPatch) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The statuses of an API version.
+pub(crate) const API_STATUSES: [&str; 4] = ["draft", "published", "deprecated", "retired"];
+
+/// The decisions on a subscription ([`crate::Store::decide_subscription`]).
+pub(crate) const SUBSCRIPTION_DECISIONS: [&str; 3] = ["approved", "rejected", "revoked"];
+
+/// The statuses of a subscription.
+pub(crate) const SUBSCRIPTION_STATUSES: [&str; 4] = ["pending", "approved", "rejected", "revoked"];
+
+fn one_of(what: &str, s: &str, allowed: &[&str]) -> Result<(), StoreError> {
+    if allowed.contains(&s) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what} must be one of {} (got {s:?})",
+            allowed.join(", ")
+        )))
+    }
+}
+
+/// An API's name and version.
+pub(crate) fn api_id(name: &str, version: &str) -> Result<(), StoreError> {
+    ident("API name", name)?;
+    ident("API version", version)
+}
+
+/// An API name alone (subscriptions, filters).
+pub(crate) fn api_name(name: &str) -> Result<(), StoreError> {
+    ident("API name", name)
+}
+
+pub(crate) fn team_id(id: &str) -> Result<(), StoreError> {
+    ident("team id", id)
+}
+
+pub(crate) fn new_api(a: &NewApi) -> Result<(), StoreError> {
+    api_id(&a.name, &a.version)?;
+    ident("team id", &a.team_id)?;
+    one_of("API status", &a.status, &API_STATUSES)
+}
+
+pub(crate) fn status_change(c: &StatusChange) -> Result<(), StoreError> {
+    one_of("API status", &c.to, &API_STATUSES)?;
+    for from in &c.allowed_from {
+        one_of("API status", from, &API_STATUSES)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn subscription_decision(to: &str, allowed_from: &[String]) -> Result<(), StoreError> {
+    one_of("subscription decision", to, &SUBSCRIPTION_DECISIONS)?;
+    for from in allowed_from {
+        one_of("subscription status", from, &SUBSCRIPTION_STATUSES)?;
+    }
+    Ok(())
+}
+
 /// JSON text of a value stored in a TEXT column.
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| invalid(format!("cannot encode JSON: {e}")))
@@ -137,6 +194,25 @@ mod tests {
         assert!(budget(&b(Some(-1.0), None)).is_err());
         assert!(budget(&b(Some(f64::NAN), None)).is_err());
         assert!(budget(&b(None, Some(101.0))).is_err());
+    }
+
+    #[test]
+    fn api_inputs() {
+        assert!(api_id("sentiment", "v1").is_ok());
+        assert!(api_id("", "v1").is_err());
+        assert!(api_id("sentiment", "").is_err());
+        let change = |to: &str, from: &[&str]| StatusChange {
+            to: to.into(),
+            allowed_from: from.iter().map(|s| s.to_string()).collect(),
+            deprecated_at: None,
+            sunset_at: None,
+        };
+        assert!(status_change(&change("published", &["draft"])).is_ok());
+        assert!(status_change(&change("live", &["draft"])).is_err());
+        assert!(status_change(&change("published", &["nope"])).is_err());
+        assert!(subscription_decision("approved", &["pending".into()]).is_ok());
+        assert!(subscription_decision("pending", &[]).is_err());
+        assert!(subscription_decision("revoked", &["gone".into()]).is_err());
     }
 
     #[test]

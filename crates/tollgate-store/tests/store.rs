@@ -88,6 +88,11 @@ fn rec(i: u64, ts_ms: i64) -> UsageRecord {
         } else {
             None
         },
+        api: match i % 7 {
+            0 | 3 => Some("sentiment/v1".into()),
+            5 => Some("sentiment/v10".into()),
+            _ => None,
+        },
     }
 }
 
@@ -114,6 +119,7 @@ fn group_of(r: &UsageRecord, g: GroupBy) -> Option<String> {
         GroupBy::Team => r.team_id.clone(),
         GroupBy::Model => Some(r.model.clone()),
         GroupBy::Provider => Some(r.provider.clone()),
+        GroupBy::Api => r.api.clone(),
     }
 }
 
@@ -126,6 +132,7 @@ fn matches(r: &UsageRecord, q: &UsageQuery) -> bool {
             .is_none_or(|t| r.team_id.as_ref() == Some(t))
         && q.model.as_ref().is_none_or(|m| &r.model == m)
         && q.provider.as_ref().is_none_or(|p| &r.provider == p)
+        && q.api.as_ref().is_none_or(|a| r.api.as_ref() == Some(a))
 }
 
 /// Expected `usage_totals(q)` computed in Rust.
@@ -673,6 +680,7 @@ store_test!(usage_totals_groups_and_filters, |store| async move {
         GroupBy::Team,
         GroupBy::Model,
         GroupBy::Provider,
+        GroupBy::Api,
     ] {
         queries.push(UsageQuery {
             group_by: Some(g),
@@ -707,11 +715,23 @@ store_test!(usage_totals_groups_and_filters, |store| async move {
             key_id: Some("nobody".into()),
             ..base.clone()
         },
+        UsageQuery {
+            api: Some("sentiment/v1".into()),
+            ..base.clone()
+        },
+        UsageQuery {
+            api: Some("sentiment".into()),
+            ..base.clone()
+        },
     ];
     for f in filters {
         queries.push(f.clone());
         queries.push(UsageQuery {
             group_by: Some(GroupBy::Team),
+            ..f.clone()
+        });
+        queries.push(UsageQuery {
+            group_by: Some(GroupBy::Api),
             ..f.clone()
         });
         queries.push(UsageQuery {
@@ -734,6 +754,24 @@ store_test!(usage_totals_groups_and_filters, |store| async move {
         .unwrap();
     let groups: Vec<Option<&str>> = by_team.iter().map(|r| r.group.as_deref()).collect();
     assert_eq!(groups, [None, Some("t0"), Some("t1")]);
+    let by_api = store
+        .usage_totals(&UsageQuery {
+            group_by: Some(GroupBy::Api),
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+    let groups: Vec<Option<&str>> = by_api.iter().map(|r| r.group.as_deref()).collect();
+    assert_eq!(groups, [None, Some("sentiment/v1"), Some("sentiment/v10")]);
+    let only_v1 = store
+        .usage_totals(&UsageQuery {
+            api: Some("sentiment/v1".into()),
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_v1[0].requests, by_api[1].requests);
+    assert!(only_v1[0].requests > 0);
     let total = store.usage_totals(&base).await.unwrap();
     assert_eq!(total.len(), 1);
     assert_eq!(total[0].group, None);
@@ -860,11 +898,18 @@ store_test!(usage_records_paging, |store| async move {
     // Many records share a timestamp, so the request_id tiebreak matters.
     let recs: Vec<UsageRecord> = (0..1_037).map(|i| rec(i, T0 + (i as i64 % 50))).collect();
     store.insert_usage(&recs).await.unwrap();
-    for (filter, page) in [(None, 100), (Some("k2"), 7), (None, 1_037), (None, 5_000)] {
+    for (filter, api, page) in [
+        (None, None, 100),
+        (Some("k2"), None, 7),
+        (None, None, 1_037),
+        (None, None, 5_000),
+        (None, Some("sentiment/v1"), 50),
+    ] {
         let q = UsageQuery {
             from_ms: T0,
             to_ms: T0 + 50,
             key_id: filter.map(str::to_string),
+            api: api.map(str::to_string),
             ..Default::default()
         };
         let mut got: Vec<UsageRecord> = Vec::new();

@@ -304,10 +304,11 @@ async fn reload_refuses_invalid_config_and_applies_valid_under_load() {
         chat(&url, "slow-model", "hi [[mock:words=30,gap_ms=50]]", true).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A prompt API arrives with it.
     let next = valid_text.replace(
         slow,
         "  new-model:\n    targets: [{provider: mock, model: brand-new}]",
-    );
+    ) + "\napis:\n  - {name: echo, team: elsewhere, status: published, model: new-model, prompt: \"say {{x}}\", variables: [{name: x}]}\n";
     std::fs::write(&config, &next).unwrap();
     let (status, body) = reload().await;
     assert_eq!(status, 200, "{body}");
@@ -316,6 +317,16 @@ async fn reload_refuses_invalid_config_and_applies_valid_under_load() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = chat(&gw.chat_url(), "slow-model", "hi", false).await;
     assert_eq!(status, 404, "{body}");
+    let catalog: serde_json::Value = client()
+        .get(gw.chat_url().replace("/v1/chat/completions", "/catalog"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["apis"][0]["id"], "echo/v1", "{catalog}");
     let (status, body) = running.await.unwrap();
     assert_eq!(status, 200);
     assert!(
