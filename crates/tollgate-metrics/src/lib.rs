@@ -43,6 +43,7 @@ pub struct Metrics {
     ledger_queued: IntGauge,
     ledger_written: prometheus::IntCounter,
     ledger_dropped: prometheus::IntCounter,
+    access_log_dropped: prometheus::IntCounter,
     ledger_failures: prometheus::IntCounter,
     policy_keys: IntGauge,
     policy_sync_errors: prometheus::IntCounter,
@@ -267,6 +268,14 @@ impl Metrics {
             )
             .expect("metric"),
         );
+        let access_log_dropped = reg(
+            &r,
+            prometheus::IntCounter::new(
+                "tollgate_access_log_dropped_lines_total",
+                "Access log lines dropped because the writer fell behind.",
+            )
+            .expect("metric"),
+        );
         let ledger_failures = reg(
             &r,
             prometheus::IntCounter::new(
@@ -482,6 +491,7 @@ impl Metrics {
             ledger_queued,
             ledger_written,
             ledger_dropped,
+            access_log_dropped,
             ledger_failures,
             policy_keys,
             policy_sync_errors,
@@ -644,6 +654,11 @@ impl Metrics {
     /// Records written by the ledger.
     pub fn ledger_written(&self) -> &prometheus::IntCounter {
         &self.ledger_written
+    }
+
+    /// Access log lines dropped because the writer fell behind.
+    pub fn access_log_dropped(&self) -> &prometheus::IntCounter {
+        &self.access_log_dropped
     }
 
     /// Records the ledger had to drop.

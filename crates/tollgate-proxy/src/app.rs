@@ -65,6 +65,9 @@ pub struct App {
     pub shared: Option<crate::shared::SharedLimits>,
     /// Prompt APIs and subscriptions, from the file and the store.
     pub catalog: crate::apis::SharedCatalog,
+    /// The access log's writer, once the binary installs one; without it
+    /// lines go to the `log` crate (target `tollgate::access`).
+    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
     sync_now: Notify,
     sync_lock: tokio::sync::Mutex<()>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -158,6 +161,7 @@ impl App {
             ledger,
             shared,
             catalog: Arc::new(ArcSwap::from_pointee(catalog)),
+            access_log: std::sync::OnceLock::new(),
             metrics,
             started_with: Arc::new(config.clone()),
             config: ArcSwap::from_pointee(config),
@@ -354,6 +358,9 @@ impl App {
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(l) = &self.ledger {
             l.shutdown(timeout);
+        }
+        if let Some(a) = self.access_log.get() {
+            a.shutdown();
         }
     }
 }

@@ -607,25 +607,32 @@ impl ProxyHttp for Gateway {
         }
         self.account(ctx, model, provider, status, cost, elapsed);
         if ctx.snapshot.as_ref().is_some_and(|s| s.access_log) {
-            let line = serde_json::json!({
-                "request_id": ctx.request_id,
-                "op": ctx.op.as_str(),
-                "api": ctx.api.as_ref().map(|a| a.id.as_str()),
-                "key": ctx.key.as_ref().map(|k| k.name.as_str()),
-                "team": ctx.key.as_ref().and_then(|k| k.team.as_deref()),
-                "model": model,
-                "provider": provider,
-                "status": status,
-                "stream": ctx.stream,
-                "prompt_tokens": ctx.usage.map(|u| u.prompt_tokens),
-                "completion_tokens": ctx.usage.map(|u| u.completion_tokens),
-                "cached_tokens": ctx.usage.map(|u| u.cached_tokens),
-                "cost_usd": cost,
-                "latency_ms": elapsed.as_secs_f64() * 1000.0,
-                "ttft_ms": ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
-                "error": ctx.error_kind,
-            });
-            log::info!(target: "tollgate::access", "{line}");
+            let line = crate::access_log::Line {
+                request_id: &ctx.request_id,
+                op: ctx.op.as_str(),
+                api: ctx.api.as_ref().map(|a| a.id.as_str()),
+                key: ctx.key.as_ref().map(|k| k.name.as_str()),
+                team: ctx.key.as_ref().and_then(|k| k.team.as_deref()),
+                model,
+                provider,
+                status,
+                stream: ctx.stream,
+                prompt_tokens: ctx.usage.map(|u| u.prompt_tokens),
+                completion_tokens: ctx.usage.map(|u| u.completion_tokens),
+                cached_tokens: ctx.usage.map(|u| u.cached_tokens),
+                cost_usd: cost,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+                error: ctx.error_kind,
+            };
+            match self.app.access_log.get() {
+                Some(log) => log.record(&line),
+                None => {
+                    if let Ok(text) = serde_json::to_string(&line) {
+                        log::info!(target: "tollgate::access", "{text}");
+                    }
+                }
+            }
         }
     }
 }

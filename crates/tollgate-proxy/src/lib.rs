@@ -22,6 +22,7 @@
 //! Keys and teams come from the [`policy`], which a background task keeps in
 //! step with the store; the hot path never waits on the database.
 
+pub mod access_log;
 pub mod apis;
 pub mod app;
 pub mod ctx;
