@@ -379,13 +379,15 @@ pub async fn attempt(
     ctx.status = 200;
     ctx.stream = true;
     session.write_response_header(Box::new(h), false).await?;
-    let mut out = Vec::with_capacity(4096);
+    // Sized per chunk and handed off whole: an idle stream holds no output buffer.
+    let mut out = Vec::new();
     // A prompt API turns the unified chunks into its own events.
     let mut api_stream = ctx.api.clone().map(ApiStream::new);
     let mut clean = false;
     let mut chunk = Some(first);
     loop {
         if let Some(c) = chunk.take() {
+            out.reserve(c.len() + c.len() / 2 + 64);
             let before = translator.first_token_seen();
             let _ = translator.feed(&c, &mut out);
             if !before && translator.first_token_seen() {
@@ -393,7 +395,7 @@ pub async fn attempt(
             }
             reshape(&mut api_stream, &mut out);
             if !out.is_empty() {
-                let bytes = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
+                let bytes = Bytes::from(std::mem::take(&mut out));
                 session.write_response_body(Some(bytes), false).await?;
             }
         }

@@ -14,11 +14,11 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 use tollgate_config::Config;
 
-/// mimalloc instead of glibc's malloc: under load glibc spent ~11% of the
+/// jemalloc instead of glibc's malloc: under load glibc spent ~11% of the
 /// request thread in malloc/free (arena locking, consolidation of the ledger's
 /// freed batches); see docs/benchmarks.md.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tollgate_metrics::Metrics;
 use tollgate_proxy::{App, Gateway};
 
