@@ -791,6 +791,31 @@ async fn lifecycle_through_the_admin_api(store_url: &str) {
     let (_, v) = h.admin("GET", "/admin/v1/apis/translate/v1", None).await;
     assert_eq!(v["status"], "retired");
     assert_eq!(v["definition"]["prompt"], "Into {{lang}}, please: {{text}}");
+
+    // Created deprecated: its dates are in force at once, recorded as one event.
+    let mut legacy = draft("legacy", "v1", "owners");
+    legacy["status"] = json!("deprecated");
+    legacy["sunset"] = json!("2099-01-01");
+    let (s, v) = admin_as(&h, alice, "POST", "/admin/v1/apis", legacy).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["sunset_at"], 4_070_908_800i64);
+    let r = h
+        .post_as(OWNER, "/apis/legacy/v1", &json!({"text": "x"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["deprecation"]
+        .to_str()
+        .unwrap()
+        .starts_with('@'));
+    assert_eq!(r.headers()["sunset"], "Thu, 01 Jan 2099 00:00:00 GMT");
+    let (_, v) = h.admin("GET", "/admin/v1/apis/legacy/events", None).await;
+    let actions: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["created"]);
 }
 
 async fn subscription_flow(store_url: &str) {

@@ -224,7 +224,7 @@ async fn create(app: &App, store: &Store, b: &[u8], who: &str) -> Reply {
         (None, compiled.sunset.map(|s| s * 1000))
     };
     let contract = spec.contract();
-    let mut rec = store
+    let rec = store
         .create_api(
             &NewApi {
                 name: spec.name.clone(),
@@ -235,31 +235,13 @@ async fn create(app: &App, store: &Store, b: &[u8], who: &str) -> Reply {
                     .map_err(|e| ApiError::internal(e.to_string()))?,
                 description: spec.description.clone(),
                 auto_approve: spec.auto_approve.unwrap_or(false),
+                deprecated_at,
+                sunset_at,
             },
             who,
         )
         .await
         .map_err(store_error)?;
-    if deprecated_at.is_some() || sunset_at.is_some() {
-        // The initial state's dates: a deprecation is recorded as a change.
-        if let Some(r) = store
-            .set_api_status(
-                &spec.name,
-                &spec.version,
-                &StatusChange {
-                    to: status.as_str().to_string(),
-                    allowed_from: vec![status.as_str().to_string()],
-                    deprecated_at,
-                    sunset_at,
-                },
-                who,
-            )
-            .await
-            .map_err(store_error)?
-        {
-            rec = r;
-        }
-    }
     sync_after_write(app).await;
     let api = api_of_record(&rec).map_err(ApiError::internal)?;
     ok(201, &admin_api_json(&api, &app.catalog.load()))

@@ -424,6 +424,10 @@ pub struct NewApi {
     pub description: Option<String>,
     /// Whether subscription requests are approved without review.
     pub auto_approve: bool,
+    /// When it was deprecated (for a version created deprecated), unix milliseconds.
+    pub deprecated_at: Option<i64>,
+    /// When it stops serving, unix milliseconds.
+    pub sunset_at: Option<i64>,
 }
 
 /// A partial update of an API version: `None` leaves a field as it is.

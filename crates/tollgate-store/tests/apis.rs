@@ -14,6 +14,8 @@ fn new_api(name: &str, version: &str) -> NewApi {
         spec: json!({"model": "gpt-4o", "prompt": format!("{name} {version}")}),
         description: Some(format!("{name} {version}")),
         auto_approve: false,
+        deprecated_at: None,
+        sunset_at: None,
     }
 }
 
@@ -689,4 +691,37 @@ store_test!(api_data_survives_reopen, |store, url| async move {
     assert_eq!(again.get_api("sentiment", "v1").await.unwrap(), Some(a));
     assert_eq!(again.get_subscription(&s.id).await.unwrap(), Some(s));
     assert_eq!(again.list_api_events(None, 10).await.unwrap().len(), 2);
+});
+
+store_test!(api_created_deprecated_keeps_its_dates, |store| async move {
+    let v0 = store.version().await.unwrap();
+    let created = store
+        .create_api(
+            &NewApi {
+                status: "deprecated".into(),
+                deprecated_at: Some(1_800_000_000_000),
+                sunset_at: Some(1_900_000_000_000),
+                ..new_api("old", "v1")
+            },
+            "alice",
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.deprecated_at, Some(1_800_000_000_000));
+    assert_eq!(created.sunset_at, Some(1_900_000_000_000));
+    assert_eq!(
+        store.get_api("old", "v1").await.unwrap().as_ref(),
+        Some(&created)
+    );
+    // One write, one event.
+    assert_eq!(store.version().await.unwrap(), v0 + 1);
+    assert_eq!(
+        events(&store, "old").await,
+        vec![ev(
+            "alice",
+            "created",
+            Some("v1"),
+            json!({"status": "deprecated"})
+        )]
+    );
 });
