@@ -29,6 +29,7 @@ pub struct ApiStream {
     usage: Value,
     model: Value,
     ended: bool,
+    invalid: bool,
 }
 
 impl ApiStream {
@@ -42,6 +43,7 @@ impl ApiStream {
             usage: Value::Null,
             model: Value::Null,
             ended: false,
+            invalid: false,
         }
     }
 
@@ -116,6 +118,7 @@ impl ApiStream {
                 }),
             ),
             Err(errors) => {
+                self.invalid = true;
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&self.api.invalid_output(&self.text, &errors, &self.usage));
                 out.extend_from_slice(b"\n\n");
@@ -129,9 +132,9 @@ impl ApiStream {
         self.ended
     }
 
-    /// Whether the output failed its schema (after the stream ended).
-    pub fn output_valid(&self) -> bool {
-        self.api.result(&self.text).is_ok()
+    /// Whether the closing event was `invalid_model_output`.
+    pub fn output_invalid(&self) -> bool {
+        self.invalid
     }
 }
 
@@ -225,6 +228,7 @@ mod tests {
         let ev = events(&out);
         let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
         assert_eq!(last["result"], json!({"ok": true}));
+        assert!(!s.output_invalid());
 
         let mut s = ApiStream::new(api(schema));
         let mut out = Vec::new();
@@ -233,7 +237,7 @@ mod tests {
         let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
         assert_eq!(last["error"]["code"], "invalid_model_output");
         assert_eq!(last["error"]["usage"]["total_tokens"], 6);
-        assert!(!s.output_valid());
+        assert!(s.output_invalid());
     }
 
     #[test]

@@ -430,11 +430,7 @@ pub async fn attempt(
     }
     ctx.usage = translator.usage();
     reshape(&mut api_stream, &mut out);
-    if api_stream
-        .as_ref()
-        .is_some_and(|s| s.ended() && !s.output_valid())
-        && clean
-    {
+    if api_stream.as_ref().is_some_and(ApiStream::output_invalid) && clean {
         ctx.error_kind = Some("invalid_model_output");
     }
     let last = if out.is_empty() {
