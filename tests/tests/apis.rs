@@ -616,6 +616,16 @@ async fn lifecycle_through_the_admin_api(store_url: &str) {
     );
 
     // A second version coexists; the bare path follows the newest published.
+    // Every version belongs to the API's team.
+    let (s, v) = admin_as(
+        &h,
+        "bob",
+        "POST",
+        "/admin/v1/apis",
+        draft("translate", "v2", "partners"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "owner_mismatch"), "{v}");
     let (s, _) = admin_as(
         &h,
         "bob",

@@ -99,18 +99,6 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-/// Apply a committed write to this node's policy now. The write is stored
-/// whatever happens here, so a failed sync is not the client's error: the
-/// background sync retries within a poll interval.
-pub(crate) async fn sync_after_write(app: &App) {
-    if let Err(e) = app.sync_policy().await {
-        log::warn!(
-            "admin API: change stored, but applying it now failed ({e}); the next poll will"
-        );
-        app.request_sync();
-    }
-}
-
 /// Route an admin API request.
 pub async fn handle(app: &App, session: &mut ServerSession) -> Response<Vec<u8>> {
     match route(app, session).await {
@@ -230,7 +218,7 @@ async fn route(app: &App, session: &mut ServerSession) -> Reply {
                     .await
                     .map_err(store_error)?
                     .ok_or_else(|| not_found("key", id))?;
-                sync_after_write(app).await;
+                app.apply_store_write().await;
                 ok(200, &key_json(app, &r))
             }
         }
@@ -529,7 +517,7 @@ async fn create_team(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Repl
         })
         .await
         .map_err(store_error)?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     ok(201, &store_team_json(app, &t))
 }
 
@@ -550,7 +538,7 @@ async fn update_team(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("team", id))?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     ok(200, &store_team_json(app, &t))
 }
 
@@ -558,7 +546,7 @@ async fn delete_team(app: &App, store: &tollgate_store::Store, id: &str) -> Repl
     if !store.delete_team(id).await.map_err(store_error)? {
         return Err(not_found("team", id));
     }
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     ok(200, &json!({"object": "team", "id": id, "deleted": true}))
 }
 
@@ -708,7 +696,7 @@ async fn create_key(app: &App, store: &tollgate_store::Store, b: &[u8]) -> Reply
         })
         .await
         .map_err(store_error)?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     let mut v = key_json(app, &k);
     // The only time the secret is shown.
     v["key"] = Value::String(secret);
@@ -741,7 +729,7 @@ async fn update_key(app: &App, store: &tollgate_store::Store, id: &str, b: &[u8]
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("key", id))?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     ok(200, &key_json(app, &k))
 }
 
@@ -752,7 +740,7 @@ async fn rotate_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("key", id))?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     let mut v = key_json(app, &k);
     v["key"] = Value::String(secret);
     ok(200, &v)
@@ -762,7 +750,7 @@ async fn delete_key(app: &App, store: &tollgate_store::Store, id: &str) -> Reply
     if !store.delete_key(id).await.map_err(store_error)? {
         return Err(not_found("key", id));
     }
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     ok(
         200,
         &json!({"object": "api_key", "id": id, "deleted": true}),

@@ -14,7 +14,7 @@ use tollgate_proxy::App;
 use tollgate_schema::{ApiError, ErrorType};
 use tollgate_store::{ApiPatch, NewApi, StatusChange, Store};
 
-use crate::api::{not_found, ok, read_only, store_error, sync_after_write, Reply};
+use crate::api::{not_found, ok, read_only, store_error, Reply};
 use crate::body::{self, object, required, value};
 
 /// A deprecation without a sunset date gets this much notice.
@@ -201,6 +201,25 @@ async fn create(app: &App, store: &Store, b: &[u8], who: &str) -> Reply {
     }
     let compiled = spec.compile().map_err(spec_errors)?;
     check_refs(app, &spec)?;
+    // Subscriptions and the owner's rights are per API, so all its versions
+    // belong to one team.
+    if let Some(other) = app
+        .catalog
+        .load()
+        .versions(&spec.name)
+        .find(|a| a.spec.team != spec.team)
+    {
+        return Err(ApiError::new(
+            409,
+            ErrorType::InvalidRequest,
+            format!(
+                "API `{}` belongs to team `{}`: its versions cannot belong to team `{}`.",
+                spec.name, other.spec.team, spec.team
+            ),
+        )
+        .with_param("team")
+        .with_code("owner_mismatch"));
+    }
     if app
         .config()
         .apis
@@ -242,7 +261,7 @@ async fn create(app: &App, store: &Store, b: &[u8], who: &str) -> Reply {
         )
         .await
         .map_err(store_error)?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     let api = api_of_record(&rec).map_err(ApiError::internal)?;
     ok(201, &admin_api_json(&api, &app.catalog.load()))
 }
@@ -342,7 +361,7 @@ async fn update(app: &App, store: &Store, name: &str, version: &str, b: &[u8], w
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("API", &format!("{name}/{version}")))?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     let api = api_of_record(&rec).map_err(ApiError::internal)?;
     ok(200, &admin_api_json(&api, &app.catalog.load()))
 }
@@ -409,7 +428,7 @@ async fn set_status(
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("API", &format!("{name}/{version}")))?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     let api = api_of_record(&rec).map_err(ApiError::internal)?;
     ok(200, &admin_api_json(&api, &app.catalog.load()))
 }
@@ -481,31 +500,15 @@ async fn subscribe(app: &App, store: &Store, b: &[u8], who: &str) -> Reply {
     let api: String = required(&map, "api")?;
     let team: String = required(&map, "team_id")?;
     let catalog = app.catalog.load_full();
-    let versions: Vec<_> = catalog.versions(&api).collect();
-    if versions.is_empty() {
+    if catalog.versions(&api).next().is_none() {
         return Err(not_found("API", &api).with_param("api"));
     }
     if !app.policy.load().teams.contains_key(&team) {
         return Err(not_found("team", &team).with_param("team_id"));
     }
-    if versions.iter().any(|a| a.spec.team == team) {
-        return Err(ApiError::new(
-            409,
-            ErrorType::InvalidRequest,
-            format!("Team `{team}` owns API `{api}`: it needs no subscription."),
-        )
-        .with_code("owner"));
-    }
-    let auto = versions
-        .iter()
-        .any(|a| a.state.status.listed() && a.state.auto_approve);
-    let before = catalog.subscription(&api, &team).map(|s| s.status);
-    let sub = store
-        .request_subscription(&api, &team, who, auto)
-        .await
-        .map_err(store_error)?;
-    sync_after_write(app).await;
-    let created = before.is_none_or(|s| !matches!(s, SubStatus::Pending | SubStatus::Approved));
+    let (created, sub) =
+        tollgate_proxy::apis::subscribe(store, &catalog, &api, &team, who, store_error).await?;
+    app.apply_store_write().await;
     ok(if created { 201 } else { 200 }, &json!(sub))
 }
 
@@ -527,6 +530,6 @@ async fn decide(app: &App, store: &Store, id: &str, action: &str, b: &[u8], who:
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found("subscription", id))?;
-    sync_after_write(app).await;
+    app.apply_store_write().await;
     ok(200, &json!(sub))
 }

@@ -17,7 +17,7 @@ use tollgate_apis::{
 };
 use tollgate_config::Config;
 use tollgate_schema::{ApiError, ErrorType};
-use tollgate_store::{ApiRecord, Store, StoreError};
+use tollgate_store::{ApiRecord, Store, StoreError, Subscription};
 
 use crate::policy::{KeyEntry, TeamEntry};
 use crate::snapshot::Snapshot;
@@ -235,11 +235,11 @@ pub async fn request_subscription(
     key: &KeyEntry,
     team: Option<&str>,
 ) -> Result<(u16, Bytes), ApiError> {
-    let listed: Vec<&Arc<Api>> = catalog
+    let Some(api) = catalog
         .versions(name)
         .filter(|a| a.state.status.listed())
-        .collect();
-    let Some(api) = listed.last() else {
+        .last()
+    else {
         return Err(ApiError::new(
             404,
             ErrorType::InvalidRequest,
@@ -255,7 +255,35 @@ pub async fn request_subscription(
         )
         .with_code("no_team"));
     };
-    if api.spec.team == team {
+    let store = store.ok_or_else(no_store)?;
+    let (created, sub) = subscribe(
+        store,
+        catalog,
+        &api.spec.name,
+        team,
+        &format!("key:{}", key.name),
+        |e| ApiError::internal(format!("store: {e}")),
+    )
+    .await?;
+    Ok((
+        if created { 201 } else { 200 },
+        to_bytes(&serde_json::to_value(&sub).unwrap_or(Value::Null))?,
+    ))
+}
+
+/// `team` asks for a subscription to API `name`, by itself or through an
+/// administrator (`actor`): owners need none (409 `owner`), and a listed
+/// version with `auto_approve` approves it at once. Returns whether the
+/// subscription was created, or renewed after a rejection or revocation.
+pub async fn subscribe(
+    store: &Store,
+    catalog: &Catalog,
+    name: &str,
+    team: &str,
+    actor: &str,
+    store_error: fn(StoreError) -> ApiError,
+) -> Result<(bool, Subscription), ApiError> {
+    if catalog.versions(name).any(|a| a.spec.team == team) {
         return Err(ApiError::new(
             409,
             ErrorType::InvalidRequest,
@@ -263,18 +291,16 @@ pub async fn request_subscription(
         )
         .with_code("owner"));
     }
-    let store = store.ok_or_else(no_store)?;
-    let auto = listed.iter().any(|a| a.state.auto_approve);
+    let auto = catalog
+        .versions(name)
+        .any(|a| a.state.status.listed() && a.state.auto_approve);
     let before = catalog.subscription(name, team).map(|s| s.status);
     let sub = store
-        .request_subscription(name, team, &format!("key:{}", key.name), auto)
+        .request_subscription(name, team, actor, auto)
         .await
-        .map_err(|e| ApiError::internal(format!("store: {e}")))?;
+        .map_err(store_error)?;
     let created = before.is_none_or(|s| !matches!(s, SubStatus::Pending | SubStatus::Approved));
-    Ok((
-        if created { 201 } else { 200 },
-        to_bytes(&serde_json::to_value(&sub).unwrap_or(Value::Null))?,
-    ))
+    Ok((created, sub))
 }
 
 /// `GET /catalog/{name}/subscription`: the caller's team's subscription.

@@ -269,6 +269,16 @@ impl App {
         Ok(Reloaded { needs_upgrade })
     }
 
+    /// Apply a committed store write to this node's policy and catalog now.
+    /// The write is stored whatever happens here, so a failed sync is not the
+    /// caller's error: the background sync retries within a poll interval.
+    pub async fn apply_store_write(&self) {
+        if let Err(e) = self.sync_policy().await {
+            log::warn!("change stored, but applying it now failed ({e}); the next poll will");
+            self.request_sync();
+        }
+    }
+
     /// Ask the sync task to poll now (after a write through the admin API).
     pub fn request_sync(&self) {
         self.sync_now.notify_one();

@@ -147,12 +147,7 @@ impl Gateway {
                     team_id,
                 )
                 .await?;
-                if let Err(e) = self.app.sync_policy().await {
-                    log::warn!(
-                        "subscription stored, applying it now failed ({e}); the next poll will"
-                    );
-                    self.app.request_sync();
-                }
+                self.app.apply_store_write().await;
                 respond::json(session, ctx, status, body).await?;
                 return Ok(());
             }
