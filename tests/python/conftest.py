@@ -1,6 +1,7 @@
 """Start the real `tollgate` binary (built by `make test`) on free loopback
 ports, with its built-in mock provider, for the official SDK tests."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -79,6 +80,38 @@ keys:
 """
 
 
+@contextlib.contextmanager
+def running_gateway(conf, log_path, ports, timeout=30.0):
+    """The binary serving `conf` for the duration of the block, once every
+    port in `ports` accepts connections; its output goes to `log_path`."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [str(BINARY), "serve", "--config", str(conf)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    try:
+        deadline = time.time() + timeout
+        for port in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        log.flush()
+                        raise RuntimeError(f"port {port} never opened\n" + log_path.read_text())
+                    time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
     if not BINARY.exists():
@@ -92,27 +125,5 @@ def gateway(tmp_path_factory):
             client_key=CLIENT_KEY, limited_key=LIMITED_KEY,
         )
     )
-    log = open(tmp / "gateway.log", "w")
-    proc = subprocess.Popen(
-        [str(BINARY), "serve", "--config", str(conf)],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            socket.create_connection(("127.0.0.1", mock), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError((tmp / "gateway.log").read_text())
-            time.sleep(0.1)
-    yield {"base_url": f"http://127.0.0.1:{port}/v1", "admin": f"http://127.0.0.1:{admin}", "mock": f"http://127.0.0.1:{mock}"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_gateway(conf, tmp / "gateway.log", [port, mock]):
+        yield {"base_url": f"http://127.0.0.1:{port}/v1", "admin": f"http://127.0.0.1:{admin}", "mock": f"http://127.0.0.1:{mock}"}

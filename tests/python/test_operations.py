@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BINARY, LIMITED_KEY, free_port
+from conftest import BINARY, LIMITED_KEY, free_port, running_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -274,24 +274,9 @@ def ops_gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
     gw = write_config(tmp)
     log_path = tmp / "gateway.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [str(BINARY), "serve", "--config", str(gw["config"])],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
-    )
-    try:
-        wait_port(gw["port"], proc, log_path)
-        wait_port(gw["mock"], proc, log_path)
-        wait_port(gw["admin_port"], proc, log_path)
+    with running_gateway(gw["config"], log_path, [gw["port"], gw["mock"], gw["admin_port"]]):
         gw["log"] = log_path
         yield gw
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ by the catalog's document, finds no 5xx on the real binary."""
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ import urllib.request
 import pytest
 from openapi_spec_validator import validate
 
-from conftest import BINARY, free_port
+from conftest import free_port, running_gateway
 
 ADMIN = "tg-apis-admin-token-0123456789"
 OWNER = "tg-apis-owner-key-1"
@@ -108,47 +107,25 @@ def gw(tmp_path_factory):
     conf.write_text(CONFIG.format(
         port=port, admin=admin, mock=mock, tmp=tmp, admin_token=ADMIN, owner=OWNER, fuzzer=FUZZER
     ))
-    log = open(tmp / "gateway.log", "w")
-    proc = subprocess.Popen(
-        [str(BINARY), "serve", "--config", str(conf)],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            socket.create_connection(("127.0.0.1", admin), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError((tmp / "gateway.log").read_text())
-            time.sleep(0.1)
-    base = f"http://127.0.0.1:{port}"
-    admin_base = f"http://127.0.0.1:{admin}/admin/v1"
-    # A version created through the admin API, published, then a second one,
-    # with the first deprecated: the catalog holds every kind of state.
-    for version in ("v1", "v2"):
-        status, body = call("POST", f"{admin_base}/apis", {
-            "name": "translate", "version": version, "team": "owners",
-            "model": "gpt-4o-mini", "status": "published", "auto_approve": True,
-            "prompt": "Translate into {{lang}}: {{text}}",
-            "variables": [{"name": "text"}, {"name": "lang", "default": "fr", "enum": ["fr", "de"]}],
-        }, ADMIN)
-        assert status == 201, body
-    status, body = call("POST", f"{admin_base}/apis/translate/v1/status",
-                        {"status": "deprecated", "sunset": "2099-01-01"}, ADMIN)
-    assert status == 200, body
-    status, body = call("POST", f"{base}/catalog/translate/subscription", {}, FUZZER)
-    assert status == 201 and body["status"] == "approved", body
-    yield {"base": base, "admin": admin_base, "tmp": tmp}
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_gateway(conf, tmp / "gateway.log", [port, admin]):
+        base = f"http://127.0.0.1:{port}"
+        admin_base = f"http://127.0.0.1:{admin}/admin/v1"
+        # A version created through the admin API, published, then a second one,
+        # with the first deprecated: the catalog holds every kind of state.
+        for version in ("v1", "v2"):
+            status, body = call("POST", f"{admin_base}/apis", {
+                "name": "translate", "version": version, "team": "owners",
+                "model": "gpt-4o-mini", "status": "published", "auto_approve": True,
+                "prompt": "Translate into {{lang}}: {{text}}",
+                "variables": [{"name": "text"}, {"name": "lang", "default": "fr", "enum": ["fr", "de"]}],
+            }, ADMIN)
+            assert status == 201, body
+        status, body = call("POST", f"{admin_base}/apis/translate/v1/status",
+                            {"status": "deprecated", "sunset": "2099-01-01"}, ADMIN)
+        assert status == 200, body
+        status, body = call("POST", f"{base}/catalog/translate/subscription", {}, FUZZER)
+        assert status == 201 and body["status"] == "approved", body
+        yield {"base": base, "admin": admin_base, "tmp": tmp}
 
 
 def fetch(url, token):
